@@ -1,0 +1,33 @@
+"""shtopk: the Successive Halving Top-k Operator, a differentiable top-k.
+
+Give it n vectors ``E`` (..., n, d) and their scores ``v`` (..., n); get back k
+vectors (..., k, d) that a network can backpropagate through to both E and v,
+on NumPy, CuPy, PyTorch or any Python Array API library.
+"""
+
+from . import vjp
+from ._api import (
+    DEFAULT_BOOST,
+    apply,
+    hard_topk,
+    iterative_softmax_topk,
+    nccs,
+    plan,
+    successive_halving_topk,
+)
+from ._types import Plan, TopK
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_BOOST",
+    "Plan",
+    "TopK",
+    "apply",
+    "hard_topk",
+    "iterative_softmax_topk",
+    "nccs",
+    "plan",
+    "successive_halving_topk",
+    "vjp",
+]

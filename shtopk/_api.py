@@ -1,0 +1,385 @@
+"""The public functions: validate the arguments, then delegate to the core."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ._array_api import is_torch_array
+from ._core.apply import gather_sum
+from ._core.flat import Flat, flatten
+from ._core.metric import nccs as _nccs
+from ._operators import HardTopK, IterativeSoftmax, SuccessiveHalving
+from ._types import Plan, TopK
+from ._validation import (
+    ORDERS,
+    WEIGHTINGS,
+    Inputs,
+    check_boost,
+    check_choice,
+    check_inputs,
+    check_positive_real,
+    check_real_floating,
+    check_same_library,
+    check_scores,
+    namespace_of,
+)
+
+#: Default ``boost`` of ``weighting="softmax"``: the constant C in
+#: ``softmax(C * s_i, C * s_j)``. Chosen from the measurement in the docs
+#: ("Choosing boost"): on the paper's setup (scores in [0, 1]) it keeps the
+#: nCCS within 0.01 of its large-boost limit for k >= 16 while the gradient
+#: reaching v is still within a factor ~3 of its peak.
+DEFAULT_BOOST = 10.0
+
+
+def successive_halving_operator(boost: Any, weighting: Any, order: Any) -> SuccessiveHalving:
+    """Validate the settings of successive halving and bundle them."""
+    weighting = check_choice(weighting, "weighting", WEIGHTINGS)
+    order = check_choice(order, "order", ORDERS)
+    return SuccessiveHalving(check_boost(boost, weighting), weighting, order)
+
+
+def hard_operator(order: Any) -> HardTopK:
+    """Validate the settings of hard top-k and bundle them."""
+    return HardTopK(check_choice(order, "order", ORDERS))
+
+
+def iterative_operator(alpha: Any) -> IterativeSoftmax:
+    """Validate the settings of the iterative baseline and bundle them."""
+    return IterativeSoftmax(check_positive_real(alpha, "alpha"))
+
+
+def flatten_inputs(inp: Inputs) -> Flat:
+    """Validated inputs reshaped to one batch dimension."""
+    return flatten(inp.xp, inp.device, inp.E, inp.v, inp.mask, inp.k)
+
+
+def _needs_torch_autograd(inp: Inputs) -> bool:
+    if not is_torch_array(inp.E):
+        return False
+    import torch
+
+    return torch.is_grad_enabled() and (inp.E.requires_grad or inp.v.requires_grad)
+
+
+def run_operator(op: Any, inp: Inputs) -> TopK:
+    """Run ``op`` forward; torch tensors that require grad go through autograd."""
+    if _needs_torch_autograd(inp):
+        from .torch import autograd_run
+
+        return autograd_run(op, inp)
+    flat = flatten_inputs(inp)
+    values, scores, _ = op.forward(flat)
+    return TopK(flat.unflatten_values(values), flat.unflatten_scores(scores))
+
+
+def successive_halving_topk(
+    E: Any,
+    v: Any,
+    k: int,
+    /,
+    *,
+    boost: float = DEFAULT_BOOST,
+    weighting: str = "softmax",
+    mask: Any = None,
+    order: str = "score",
+) -> TopK:
+    """Differentiable top-k of the rows of ``E`` by score ``v``, by successive halving.
+
+    A tournament of ``R = ceil(log2(n / k))`` rounds: every round sorts the
+    current items by score (descending, stable), pairs the i-th best with the
+    i-th worst, and merges each pair into one item, ``w_i * E_i + w_j * E_j``
+    with score ``w_i * s_i + w_j * s_j``, where ``(w_i, w_j)`` is a boosted
+    softmax of the pair's scores. The scores are padded with ``-inf`` to
+    ``k * 2**R`` items first, so any ``n`` and ``k`` work.
+
+    Parameters
+    ----------
+    E : array, shape (..., n, d)
+        The vectors, of any real floating dtype, with any number of leading
+        batch dimensions (NumPy, CuPy, PyTorch or any Array API library).
+    v : array, shape (..., n)
+        Their scores, from the same library and device; may differ from E in
+        float dtype.
+    k : int
+        How many vectors to keep, ``1 <= k <= n``.
+    boost : float, optional
+        How sharply each pair is decided. For ``weighting="softmax"`` the
+        constant C > 0 in ``softmax(C * s_i, C * s_j)``; for ``"power"`` the
+        base b > 1 in ``softmax(b**s_i, b**s_j)``. Larger values approach
+        :func:`hard_topk` (reached exactly in the limit) with less gradient
+        reaching ``v``. The default suits scores of order 1; see the docs.
+    weighting : {"softmax", "power"}, optional
+        ``"softmax"`` is the paper's text; ``"power"`` is the authors'
+        released code (with ``boost=20`` it reproduces their published nCCS).
+    mask : bool array, shape (..., n), optional
+        True keeps an item. A masked-out item (like an item with score
+        ``-inf``) gets weight exactly 0 and no gradient; the result equals
+        deleting it. With fewer than k valid items, the surplus output rows
+        are zero vectors with score ``-inf``.
+    order : {"score", "input"}, optional
+        ``"score"``: output rows by final score, descending. ``"input"``: by
+        the original index of each row's largest-weight member, so pooled
+        tokens keep sequence order. Surplus rows come last in both.
+
+    Returns
+    -------
+    TopK
+        ``values`` (..., k, d) in E's library, device and dtype; ``scores``
+        (..., k) in v's dtype.
+
+    Notes
+    -----
+    The weights are computed in at least float32. A NaN score on an item that
+    is not masked out makes every output of its batch row NaN (its place in
+    the tournament is undefined). The sort permutations are constants for
+    differentiation, as in the paper; gradients flow to E and v. For torch
+    tensors that require grad, the backward pass is the manual,
+    memory-lean one of :mod:`shtopk.vjp`, wrapped in autograd.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import shtopk
+    >>> E = np.eye(4)
+    >>> v = np.array([0.1, 0.9, 0.3, 0.8])
+    >>> out = shtopk.successive_halving_topk(E, v, 2, boost=100.0)
+    >>> out.values.round(3)
+    array([[0., 1., 0., 0.],
+           [0., 0., 0., 1.]])
+    >>> out.scores.round(3)
+    array([0.9, 0.8])
+    """
+    return run_operator(successive_halving_operator(boost, weighting, order), check_inputs(E, v, k, mask))
+
+
+def hard_topk(E: Any, v: Any, k: int, /, *, mask: Any = None, order: str = "score") -> TopK:
+    """Exact top-k: the rows of ``E`` with the k highest scores (ties to the lower index).
+
+    Items with score ``-inf`` or NaN, or masked out, are never selected; with
+    fewer than k valid items the surplus output rows are zero vectors with
+    score ``-inf``. A NaN score on a kept item makes its batch row NaN, as in
+    :func:`successive_halving_topk`, which this is the large-boost limit of.
+    Gradients (torch autograd or :mod:`shtopk.vjp`) flow to the selected rows
+    of E and to their scores.
+
+    Parameters
+    ----------
+    E : array, shape (..., n, d)
+    v : array, shape (..., n)
+    k : int
+        ``1 <= k <= n``.
+    mask : bool array, shape (..., n), optional
+        True keeps an item.
+    order : {"score", "input"}, optional
+        Output rows by score (descending) or by original index.
+
+    Returns
+    -------
+    TopK
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import shtopk
+    >>> E = np.arange(8.0).reshape(4, 2)
+    >>> shtopk.hard_topk(E, np.array([0.1, 0.9, 0.3, 0.8]), 2, order="input")
+    TopK(values=array([[2., 3.],
+           [6., 7.]]), scores=array([0.9, 0.8]))
+    """
+    return run_operator(hard_operator(order), check_inputs(E, v, k, mask))
+
+
+def iterative_softmax_topk(E: Any, v: Any, k: int, /, *, alpha: float = 1.0, mask: Any = None) -> TopK:
+    """The iterative softmax top-k baseline (Goyal et al. 2017; the paper's Algorithm 1).
+
+    Output row ``i`` is ``p_i @ E`` with score ``p_i @ v``, where
+    ``p_i = softmax(-alpha * (v - m_i)**2)`` over the items not chosen yet
+    and ``m_i`` is the i-th highest score; the i-th best item is then removed.
+
+    The paper prints the softmax denominator as ``sum(exp(v)) - exp(max v)``;
+    that is a transcription slip of the usual max-subtraction, and this is
+    the standard, numerically stable softmax. The authors overwrite the
+    chosen score with -10000; removing the item is the same for realistic
+    scores and exact for any. Cost: O(k n d), like the original.
+
+    Parameters
+    ----------
+    E : array, shape (..., n, d)
+    v : array, shape (..., n)
+    k : int
+        ``1 <= k <= n``.
+    alpha : float, optional
+        Peakedness of the softmax, > 0. The default 1.0 is the authors'.
+    mask : bool array, shape (..., n), optional
+        True keeps an item; masked items get probability exactly 0.
+
+    Returns
+    -------
+    TopK
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import shtopk
+    >>> out = shtopk.iterative_softmax_topk(np.eye(3), np.array([0.0, 5.0, 1.0]), 1)
+    >>> out.values.round(3)
+    array([[0.007, 0.982, 0.011]])
+    """
+    return run_operator(iterative_operator(alpha), check_inputs(E, v, k, mask))
+
+
+def plan(
+    v: Any,
+    k: int,
+    /,
+    *,
+    boost: float = DEFAULT_BOOST,
+    weighting: str = "softmax",
+    mask: Any = None,
+    order: str = "score",
+) -> Plan:
+    """The successive-halving selection computed from the scores alone.
+
+    ``apply(plan(v, k, **kw), E)`` equals ``successive_halving_topk(E, v, k, **kw)``;
+    a plan can be applied to several tensors that share the selection
+    (embeddings, positions, attention masks). Arguments as in
+    :func:`successive_halving_topk`.
+
+    Returns
+    -------
+    Plan
+        ``indices`` (..., k, 2**R) integer row indices in ``[0, n)``,
+        ``weights`` (..., k, 2**R) in at least float32 (each output row's
+        weights sum to 1; padding and masked members have weight exactly 0),
+        ``scores`` (..., k) in v's dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import shtopk
+    >>> p = shtopk.plan(np.array([0.1, 0.9, 0.3, 0.8]), 2, boost=100.0)
+    >>> p.indices
+    array([[1, 0],
+           [3, 2]])
+    >>> p.weights.sum(axis=-1)
+    array([1., 1.])
+    >>> positions = np.arange(4.0)[:, None]
+    >>> shtopk.apply(p, positions).values.round(3)
+    array([[1.],
+           [3.]])
+    """
+    op = successive_halving_operator(boost, weighting, order)
+    inp = check_scores(v, k, mask)
+    flat = flatten_inputs(inp)
+    sel = op.plan(flat)
+    xp, batch = inp.xp, inp.batch_shape
+    P = sel.indices.shape[-1]
+    return Plan(
+        xp.reshape(sel.indices, (*batch, inp.k, P)),
+        xp.reshape(sel.weights, (*batch, inp.k, P)),
+        flat.unflatten_scores(sel.scores),
+    )
+
+
+def apply(plan: Plan, E: Any, /) -> TopK:
+    """Apply a :class:`Plan` to ``E``: ``values[..., j, :] = sum_r weights[..., j, r] * E[..., indices[..., j, r], :]``.
+
+    Parameters
+    ----------
+    plan : Plan
+        From :func:`plan` (any ``(indices, weights, scores)`` triple of that
+        layout works; indices must lie in ``[0, n)``).
+    E : array, shape (..., n, d)
+        Same leading dimensions, library and device as the plan; any real
+        floating dtype (half precision accumulates in float32).
+
+    Returns
+    -------
+    TopK
+        ``values`` (..., k, d) in E's dtype (rows whose score is ``-inf`` are
+        zero) and the plan's ``scores``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import shtopk
+    >>> p = shtopk.plan(np.array([3.0, 1.0, 2.0]), 1, boost=1.0)
+    >>> shtopk.apply(p, np.eye(3)).values.round(3)
+    array([[0.665, 0.09 , 0.245]])
+    """
+    try:
+        indices, weights, scores = plan
+    except (TypeError, ValueError):
+        raise TypeError(f"plan must be a Plan (indices, weights, scores); got {type(plan).__name__}") from None
+    xp = namespace_of(indices, "plan.indices")
+    for name, x in (("plan.weights", weights), ("plan.scores", scores), ("E", E)):
+        check_same_library(xp, x, name, "plan.indices", indices)
+    if not xp.isdtype(indices.dtype, "integral"):
+        raise TypeError(f"plan.indices must have an integer dtype; got {indices.dtype}")
+    check_real_floating(xp, weights, "plan.weights")
+    check_real_floating(xp, scores, "plan.scores")
+    check_real_floating(xp, E, "E")
+    if (
+        indices.ndim < 2
+        or tuple(weights.shape) != tuple(indices.shape)
+        or tuple(scores.shape) != tuple(indices.shape[:-1])
+    ):
+        raise ValueError(
+            "plan must hold indices and weights of one shape (..., k, P) and scores (..., k); "
+            f"got {tuple(indices.shape)}, {tuple(weights.shape)} and {tuple(scores.shape)}"
+        )
+    batch = tuple(indices.shape[:-2])
+    if E.ndim < 2 or tuple(E.shape[:-2]) != batch:
+        raise ValueError(f"E must have shape (*{batch}, n, d), the plan's leading dimensions; got {tuple(E.shape)}")
+    k, P = indices.shape[-2], indices.shape[-1]
+    n, d = E.shape[-2], E.shape[-1]
+    B = math.prod(batch)
+    values = gather_sum(
+        xp,
+        xp.reshape(indices, (B, k, P)),
+        xp.reshape(weights, (B, k, P)),
+        xp.reshape(scores, (B, k)),
+        xp.reshape(E, (B, n, d)),
+    )
+    return TopK(xp.reshape(values, (*batch, k, d)), scores)
+
+
+def nccs(Y_true: Any, Y_pred: Any) -> Any:
+    """Normalized Chamfer cosine similarity, the paper's quality metric.
+
+    ``nCCS = (1/k) sum_i max_j cos(Y_true[i], Y_pred[j])``: for each true
+    vector, the best cosine to any predicted vector, averaged.
+
+    Parameters
+    ----------
+    Y_true : array, shape (..., k, d)
+    Y_pred : array, shape (..., k', d)
+        Leading dimensions broadcast against each other.
+
+    Returns
+    -------
+    array, shape (...)
+        In at least float32. A zero vector has cosine 0 with everything.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import shtopk
+    >>> Y = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> float(shtopk.nccs(Y, Y[::-1]))
+    1.0
+    >>> float(shtopk.nccs(Y, np.array([[1.0, 0.0], [0.0, 0.0]])))
+    0.5
+    """
+    xp = namespace_of(Y_true, "Y_true")
+    check_same_library(xp, Y_pred, "Y_pred", "Y_true", Y_true)
+    check_real_floating(xp, Y_true, "Y_true")
+    check_real_floating(xp, Y_pred, "Y_pred")
+    if Y_true.ndim < 2 or Y_pred.ndim < 2 or Y_true.shape[-1] != Y_pred.shape[-1]:
+        raise ValueError(
+            f"Y_true and Y_pred must have shapes (..., k, d) and (..., k', d) with the same d; "
+            f"got {tuple(Y_true.shape)} and {tuple(Y_pred.shape)}"
+        )
+    return _nccs(xp, Y_true, Y_pred)

@@ -1,0 +1,53 @@
+"""The single import site of ``array-api-compat``.
+
+Every module of :mod:`shtopk` that needs an array namespace, a device, or to ask
+which library an array comes from goes through this module, so that the
+dependency on ``array-api-compat`` stays in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+from array_api_compat import (
+    array_namespace,
+    device,
+    is_array_api_obj,
+    is_cupy_array,
+    is_torch_array,
+)
+
+__all__ = [
+    "array_namespace",
+    "compute_dtype",
+    "device",
+    "is_array_api_obj",
+    "is_cupy_array",
+    "is_half",
+    "is_torch_array",
+    "library_name",
+]
+
+
+def library_name(x: Any) -> str:
+    """Return a short, human-readable name of the library ``x`` comes from."""
+    if array_api_compat.is_numpy_array(x):
+        return "numpy"
+    if is_torch_array(x):
+        return "torch"
+    if is_cupy_array(x):
+        return "cupy"
+    if array_api_compat.is_array_api_strict_namespace(getattr(x, "__array_namespace__", lambda: None)()):
+        return "array_api_strict"
+    return type(x).__module__.split(".")[0]
+
+
+def is_half(xp: Any, dtype: Any) -> bool:
+    """Whether ``dtype`` is a floating dtype narrower than float32 (float16, bfloat16)."""
+    return dtype not in (xp.float32, xp.float64)
+
+
+def compute_dtype(xp: Any, dtype: Any) -> Any:
+    """The dtype the tournament weights are computed in: at least float32."""
+    return xp.float64 if dtype == xp.float64 else xp.float32

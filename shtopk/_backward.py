@@ -1,0 +1,186 @@
+"""Manual, backend-neutral backward passes (vector-Jacobian products).
+
+They serve :mod:`shtopk.vjp` (for libraries without autograd) and the
+``torch.autograd.Function`` wrappers in :mod:`shtopk.torch`.
+
+Successive halving: every input row lands in exactly one output slot, so
+
+- ``dE[i] = weight_of_row[i] * d_values[slot_of_row[i]]`` (a gather), and
+- the cotangent of row ``i``'s final weight is ``<d_values[slot], E[i]>``;
+
+both are computed in one chunked pass over E. The weight cotangents then flow
+back through the scores-only tournament, round by round in reverse, using only
+the O(n) per-row records the forward pass kept (never a copy of E).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ._array_api import device
+from ._core.apply import accumulation_dtype, batch_offsets, chunk_rows
+from ._core.baseline import BaselineState, distributions, step_chunks
+from ._core.flat import Flat, nan_factor
+from ._core.plan import Round, Selection
+
+
+def rows_backward(
+    xp: Any, d_values: Any, selection: Selection, E: Any, *, need_dE: bool, need_dw: bool
+) -> tuple[Any, Any]:
+    """E-side backward of a gather-sum whose rows each land in one slot.
+
+    Returns ``dE`` (B, n, d) in E's dtype (or None) and ``dw`` (B, n), the
+    cotangent of each row's weight, in the accumulation dtype (or None).
+    """
+    B, n, d = E.shape
+    k = d_values.shape[-2]
+    acc = accumulation_dtype(xp, E.dtype)
+    slots = xp.reshape(selection.slot_of_row + batch_offsets(xp, B, k, selection.slot_of_row), (B * n,))
+    w = xp.reshape(xp.astype(selection.weight_of_row, acc), (B * n, 1))
+    dv2 = xp.reshape(d_values, (B * k, d))
+    E2 = xp.reshape(E, (B * n, d))
+    dE = xp.empty((B * n, d), dtype=E.dtype, device=device(E)) if need_dE else None
+    dw = xp.empty((B * n,), dtype=acc, device=device(E)) if need_dw else None
+    step = chunk_rows(xp, d, E.dtype)
+    for a in range(0, B * n, step):
+        b = min(B * n, a + step)
+        G = xp.astype(xp.take(dv2, slots[a:b], axis=0), acc, copy=False)
+        if need_dw:
+            dw[a:b] = xp.vecdot(G, xp.astype(E2[a:b, ...], acc, copy=False))
+        if need_dE:
+            dE[a:b, ...] = xp.astype(G * w[a:b, ...], E.dtype, copy=False)
+    return (
+        xp.reshape(dE, (B, n, d)) if need_dE else None,
+        xp.reshape(dw, (B, n)) if need_dw else None,
+    )
+
+
+def _zeros_scores(xp: Any, flat: Flat, k: int) -> Any:
+    return xp.zeros((flat.B, k), dtype=flat.s.dtype, device=flat.device)
+
+
+def _pair_weight_grad(xp: Any, rd: Round, diff: Any, boost: float, weighting: str) -> tuple[Any, Any]:
+    """Score cotangents from ``diff = dL/dw_hi - dL/dw_lo`` through ``w = sigmoid(t)``."""
+    if weighting == "softmax":
+        c = diff * rd.w_hi * rd.w_lo * boost
+        return c, -c
+    # d w_hi / d s = w_hi * w_lo * ln(b) * b**s, formed in log space (no overflow)
+    lb = math.log(boost)
+    cap = math.log(xp.finfo(rd.t.dtype).max) - max(0.0, math.log(lb)) - 1.0
+    log_ww = -rd.t - 2.0 * xp.log1p(xp.exp(-rd.t))
+    f_hi = xp.where(rd.lo_valid, xp.exp(xp.clip(rd.s_hi * lb + log_ww, max=cap)), 0.0) * lb
+    f_lo = xp.where(rd.lo_valid, xp.exp(xp.clip(rd.s_lo * lb + log_ww, max=cap)), 0.0) * lb
+    return diff * f_hi, -diff * f_lo
+
+
+def _unsort(xp: Any, hi_part: Any, lo_part: Any, rank: Any) -> Any:
+    """Pair order back to the round's group positions (inverse of the pairing)."""
+    return xp.take_along_axis(xp.concat([hi_part, xp.flip(lo_part, axis=-1)], axis=-1), rank, axis=-1)
+
+
+def tournament_backward(xp: Any, sel: Selection, dw_items: Any, d_scores: Any, boost: float, weighting: str) -> Any:
+    """Score cotangents (B, m) of the padded items, from the cotangents of the
+    items' final weights ``dw_items`` (B, m) and of the slot scores ``d_scores``
+    (B, k), both in tournament slot order.
+
+    With ``Q`` a group's weighted sum of its members' weight cotangents and
+    ``D`` the product of the weights a group receives from later rounds, the
+    cotangent of a pair weight is ``D * Q + sigma * s`` (``sigma`` being the
+    cotangent of the merged score). ``Q`` is built bottom-up, ``D`` and
+    ``sigma`` top-down.
+    """
+    Qs = []
+    Q = dw_items
+    for rd in sel.rounds:
+        q_hi = xp.take_along_axis(Q, rd.hi, axis=-1)
+        q_lo = xp.take_along_axis(Q, rd.lo, axis=-1)
+        Qs.append((q_hi, q_lo))
+        Q = rd.w_hi * q_hi + rd.w_lo * q_lo
+    sigma = d_scores
+    D = xp.ones_like(d_scores)
+    for rd, (q_hi, q_lo) in zip(reversed(sel.rounds), reversed(Qs), strict=True):
+        dw_hi = D * q_hi + sigma * rd.s_hi
+        dw_lo = D * q_lo + sigma * rd.s_lo
+        ds_hi, ds_lo = _pair_weight_grad(xp, rd, dw_hi - dw_lo, boost, weighting)
+        sigma, D = (
+            _unsort(xp, sigma * rd.w_hi + ds_hi, sigma * rd.w_lo + ds_lo, rd.rank),
+            _unsort(xp, D * rd.w_hi, D * rd.w_lo, rd.rank),
+        )
+    return sigma
+
+
+def selection_backward(
+    flat: Flat,
+    sel: Selection,
+    d_values: Any,
+    d_scores: Any,
+    *,
+    tournament: dict[str, Any] | None,
+    need_dE: bool = True,
+    need_dv: bool = True,
+) -> tuple[Any, Any]:
+    """Backward of a plan-layout selection (successive halving or hard top-k).
+
+    ``tournament`` holds ``boost`` and ``weighting`` for successive halving and
+    is None for hard top-k (whose weights do not depend on the scores).
+    Returns ``(dE (B, n, d), dv (B, n))`` in the dtypes of E and v (or None).
+    """
+    xp = flat.xp
+    B, n, k = flat.B, flat.n, flat.k
+    d_scores = _zeros_scores(xp, flat, k) if d_scores is None else xp.astype(d_scores, flat.s.dtype)
+    need_dw = need_dv and tournament is not None
+    dE, dw = rows_backward(xp, d_values, sel, flat.E, need_dE=need_dE, need_dw=need_dw)
+    if not need_dv:
+        return dE, None
+    if tournament is None:
+        ds = xp.take_along_axis(d_scores, sel.slot_of_row, axis=-1) * sel.weight_of_row
+    else:
+        m = k * sel.indices.shape[-1]
+        dw = xp.where(flat.valid, xp.astype(dw, flat.s.dtype), 0.0)
+        if m > n:
+            dw = xp.concat([dw, xp.zeros((B, m - n), dtype=dw.dtype, device=flat.device)], axis=-1)
+        d_scores_t = xp.take_along_axis(d_scores, sel.inv_perm, axis=-1)
+        ds = tournament_backward(xp, sel, dw, d_scores_t, **tournament)[:, :n]
+        ds = ds * nan_factor(xp, flat.poison, ds.dtype)[:, None]  # poisoned rows: NaN, as their outputs
+    return dE, xp.astype(ds, flat.v_dtype)
+
+
+def baseline_backward(
+    flat: Flat, state: BaselineState, d_values: Any, d_scores: Any, *, need_dE: bool = True, need_dv: bool = True
+) -> tuple[Any, Any]:
+    """Backward of the iterative baseline, recomputing the distributions chunk by chunk."""
+    xp = flat.xp
+    B, n, k = flat.B, flat.n, flat.k
+    E = flat.E
+    acc = accumulation_dtype(xp, E.dtype)
+    E_acc = xp.astype(E, acc, copy=False)
+    dv_acc = xp.astype(d_values, acc, copy=False)
+    d_scores = _zeros_scores(xp, flat, k) if d_scores is None else xp.astype(d_scores, flat.s.dtype)
+    cdt = flat.s.dtype
+    dE = xp.zeros(E.shape, dtype=acc, device=flat.device) if need_dE else None
+    ds = xp.zeros((B, n), dtype=cdt, device=flat.device)
+    dm = []
+    for i0, i1 in step_chunks(B, n, k):
+        p = distributions(xp, state, i0, i1)
+        if need_dE:
+            dE += xp.matmul(xp.matrix_transpose(xp.astype(p, acc, copy=False)), dv_acc[:, i0:i1, :])
+        if not need_dv:
+            continue
+        dS = d_scores[:, i0:i1, None]
+        dp = xp.astype(xp.matmul(dv_acc[:, i0:i1, :], xp.matrix_transpose(E_acc)), cdt) + dS * state.s0[:, None, :]
+        dz = p * (dp - xp.sum(p * dp, axis=-1, keepdims=True))
+        g = dz * (-2.0 * state.alpha) * (state.s0[:, None, :] - state.m0[:, i0:i1, None])
+        ds = ds + xp.sum(g + p * dS, axis=1)
+        dm.append(-xp.sum(g, axis=-1))
+    if need_dE:
+        dE = xp.astype(dE * xp.astype(state.factor, acc)[:, None, None], E.dtype)
+    if not need_dv:
+        return dE, None
+    if dm:
+        # the chosen score m_i is the score of the item of rank i
+        dm = xp.concat(dm, axis=-1)
+        chosen = xp.take_along_axis(dm, xp.clip(state.rank, max=k - 1), axis=-1)
+        ds = ds + xp.where(state.valid & (state.rank < k), chosen, 0.0)
+    ds = ds * state.factor[:, None]
+    return dE, xp.astype(ds, flat.v_dtype)

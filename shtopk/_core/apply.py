@@ -1,0 +1,78 @@
+"""Apply a plan: one weighted gather-sum over E, reading each row of E once.
+
+The gather is done in chunks of about :data:`CHUNK_BYTES` so that each chunk
+of gathered rows is reduced while it is still in cache and the extra memory
+stays bounded, whatever the size of E.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .._array_api import device, is_half
+
+#: Bytes of gathered rows processed at a time (measured on a 2-core CPU:
+#: 1 MiB chunks run 1.5-2.5x the time of ``E.sum(axis=-2)``, a whole-array
+#: gather 5x, and they never hold more than one chunk of extra memory).
+CHUNK_BYTES = 1 << 20
+
+
+def accumulation_dtype(xp: Any, dtype: Any) -> Any:
+    """float16/bfloat16 accumulate in float32; float32/float64 in themselves."""
+    return xp.float32 if is_half(xp, dtype) else dtype
+
+
+def chunk_rows(xp: Any, d: int, dtype: Any) -> int:
+    """How many rows of length ``d`` make one chunk of :data:`CHUNK_BYTES`."""
+    itemsize = xp.finfo(dtype).bits // 8
+    return max(1, CHUNK_BYTES // max(1, d * itemsize))
+
+
+def batch_offsets(xp: Any, B: int, stride: int, like: Any) -> Any:
+    """(B, 1) offsets ``b * stride`` to index a flattened batch."""
+    return xp.reshape(xp.arange(B, dtype=like.dtype, device=device(like)) * stride, (B, 1))
+
+
+def gather_sum(xp: Any, indices: Any, weights: Any, scores: Any, E: Any) -> Any:
+    """``out[b, j] = sum_r weights[b, j, r] * E[b, indices[b, j, r]]``.
+
+    Parameters
+    ----------
+    indices : int array (B, k, P), values in [0, n)
+    weights : float array (B, k, P)
+    scores : float array (B, k)
+        Slots with score ``-inf`` have no valid member: their output is zero.
+    E : float array (B, n, d)
+
+    Returns
+    -------
+    array (B, k, d) in the dtype of E, accumulated in at least float32.
+    """
+    B, k, P = indices.shape
+    n, d = E.shape[-2], E.shape[-1]
+    S = B * k
+    acc_dtype = accumulation_dtype(xp, E.dtype)
+    rows = xp.reshape(xp.reshape(indices, (B, k * P)) + batch_offsets(xp, B, n, indices), (S, P))
+    w = xp.reshape(xp.astype(weights, acc_dtype), (S, P))
+    E2 = xp.reshape(E, (B * n, d))
+    per_chunk = chunk_rows(xp, d, E.dtype)
+    p_step = min(P, per_chunk)
+    s_step = max(1, per_chunk // p_step)
+    out = xp.empty((S, d), dtype=E.dtype, device=device(E))
+    for a in range(0, S, s_step):
+        b = min(S, a + s_step)
+        acc = None
+        for p0 in range(0, P, p_step):
+            p1 = min(P, p0 + p_step)
+            G = xp.take(E2, xp.reshape(rows[a:b, p0:p1], (-1,)), axis=0)
+            G = xp.astype(xp.reshape(G, (b - a, p1 - p0, d)), acc_dtype, copy=False)
+            if p1 - p0 == 1:
+                part = w[a:b, p0:p1] * G[:, 0, :]
+            else:
+                part = xp.matmul(w[a:b, None, p0:p1], G)[:, 0, :]
+            acc = part if acc is None else acc + part
+        if acc is not None:
+            out[a:b, ...] = xp.astype(acc, E.dtype, copy=False)
+    keep = xp.reshape(scores != -math.inf, (S, 1))
+    return xp.reshape(xp.where(keep, out, 0.0), (B, k, d))

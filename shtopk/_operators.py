@@ -1,0 +1,81 @@
+"""Each operator as a (forward, backward) pair over flattened inputs.
+
+The public functions (:mod:`shtopk._api`), the manual VJPs (:mod:`shtopk.vjp`)
+and the torch autograd wrappers (:mod:`shtopk.torch`) all run an operator
+through this one interface, so the three agree by construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ._backward import baseline_backward, selection_backward
+from ._core.apply import gather_sum
+from ._core.baseline import iterative_forward
+from ._core.flat import Flat
+from ._core.hard import hard_selection
+from ._core.plan import tournament
+
+
+@dataclass(frozen=True)
+class SuccessiveHalving:
+    """The successive-halving top-k operator with fixed settings."""
+
+    boost: float
+    weighting: str
+    order: str
+
+    def plan(self, flat: Flat, *, record: bool = False) -> Any:
+        return tournament(
+            flat.xp,
+            flat.s,
+            flat.valid,
+            flat.poison,
+            flat.k,
+            boost=self.boost,
+            weighting=self.weighting,
+            order=self.order,
+            record=record,
+        )
+
+    def forward(self, flat: Flat, *, record: bool = False) -> tuple[Any, Any, Any]:
+        sel = self.plan(flat, record=record)
+        return gather_sum(flat.xp, sel.indices, sel.weights, sel.scores, flat.E), sel.scores, sel
+
+    def backward(
+        self, flat: Flat, saved: Any, d_values: Any, d_scores: Any, *, need_dE: bool = True, need_dv: bool = True
+    ) -> tuple[Any, Any]:
+        tourney = {"boost": self.boost, "weighting": self.weighting}
+        return selection_backward(flat, saved, d_values, d_scores, tournament=tourney, need_dE=need_dE, need_dv=need_dv)
+
+
+@dataclass(frozen=True)
+class HardTopK:
+    """Exact top-k selection."""
+
+    order: str
+
+    def forward(self, flat: Flat, *, record: bool = False) -> tuple[Any, Any, Any]:
+        sel = hard_selection(flat.xp, flat.s, flat.valid, flat.poison, flat.k, order=self.order, record=record)
+        return gather_sum(flat.xp, sel.indices, sel.weights, sel.scores, flat.E), sel.scores, sel
+
+    def backward(
+        self, flat: Flat, saved: Any, d_values: Any, d_scores: Any, *, need_dE: bool = True, need_dv: bool = True
+    ) -> tuple[Any, Any]:
+        return selection_backward(flat, saved, d_values, d_scores, tournament=None, need_dE=need_dE, need_dv=need_dv)
+
+
+@dataclass(frozen=True)
+class IterativeSoftmax:
+    """The iterative softmax baseline."""
+
+    alpha: float
+
+    def forward(self, flat: Flat, *, record: bool = False) -> tuple[Any, Any, Any]:
+        return iterative_forward(flat.xp, flat.s, flat.valid, flat.poison, flat.E, flat.k, alpha=self.alpha)
+
+    def backward(
+        self, flat: Flat, saved: Any, d_values: Any, d_scores: Any, *, need_dE: bool = True, need_dv: bool = True
+    ) -> tuple[Any, Any]:
+        return baseline_backward(flat, saved, d_values, d_scores, need_dE=need_dE, need_dv=need_dv)

@@ -1,0 +1,104 @@
+"""Manual gradients: each operator with a pullback, for any Array API library.
+
+This is how CuPy and NumPy users train: the forward returns the result and a
+``pullback`` that maps output cotangents to input cotangents. It needs only
+gathers and keeps only the plan (O(n) numbers per row), never per-round
+copies of E. PyTorch users do not need this module: the plain functions
+backpropagate through autograd (using these same pullbacks).
+
+Examples
+--------
+>>> import numpy as np
+>>> from shtopk import vjp
+>>> rng = np.random.default_rng(0)
+>>> E, v = rng.normal(size=(8, 3)), rng.normal(size=8)
+>>> out, pullback = vjp.successive_halving_topk(E, v, 2)
+>>> dE, dv = pullback(np.ones_like(out.values))  # gradient of out.values.sum()
+>>> dE.shape, dv.shape
+((8, 3), (8,))
+>>> bool(np.isclose(dE.sum(), 2 * 3))  # every output row is a convex combination
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ._api import (
+    DEFAULT_BOOST,
+    flatten_inputs,
+    hard_operator,
+    iterative_operator,
+    successive_halving_operator,
+)
+from ._types import TopK
+from ._validation import Inputs, check_inputs, check_real_floating, check_same_library
+
+__all__ = ["hard_topk", "iterative_softmax_topk", "successive_halving_topk"]
+
+Pullback = Callable[..., tuple[Any, Any]]
+
+
+def _with_pullback(op: Any, inp: Inputs) -> tuple[TopK, Pullback]:
+    flat = flatten_inputs(inp)
+    values, scores, saved = op.forward(flat, record=True)
+    out = TopK(flat.unflatten_values(values), flat.unflatten_scores(scores))
+    xp, B, k, d = inp.xp, flat.B, inp.k, inp.d
+
+    def pullback(d_values: Any, d_scores: Any = None) -> tuple[Any, Any]:
+        """Map cotangents of ``(values, scores)`` to cotangents ``(dE, dv)``.
+
+        Parameters
+        ----------
+        d_values : array, shape (..., k, d)
+            Cotangent of ``values`` (same library and device).
+        d_scores : array, shape (..., k), optional
+            Cotangent of ``scores``; None means zero.
+
+        Returns
+        -------
+        (dE, dv)
+            Shaped and typed like ``E`` and ``v``.
+        """
+        _check_cotangent(xp, d_values, "d_values", out.values, inp.E)
+        if d_scores is not None:
+            _check_cotangent(xp, d_scores, "d_scores", out.scores, inp.E)
+            d_scores = xp.reshape(d_scores, (B, k))
+        dE, dv = op.backward(flat, saved, xp.reshape(xp.astype(d_values, inp.E.dtype), (B, k, d)), d_scores)
+        return xp.reshape(dE, tuple(inp.E.shape)), xp.reshape(dv, tuple(inp.v.shape))
+
+    return out, pullback
+
+
+def _check_cotangent(xp: Any, x: Any, name: str, like: Any, ref: Any) -> None:
+    check_same_library(xp, x, name, "E", ref)
+    check_real_floating(xp, x, name)
+    if tuple(x.shape) != tuple(like.shape):
+        raise ValueError(f"{name} must have the shape of the output, {tuple(like.shape)}; got {tuple(x.shape)}")
+
+
+def successive_halving_topk(
+    E: Any,
+    v: Any,
+    k: int,
+    /,
+    *,
+    boost: float = DEFAULT_BOOST,
+    weighting: str = "softmax",
+    mask: Any = None,
+    order: str = "score",
+) -> tuple[TopK, Pullback]:
+    """:func:`shtopk.successive_halving_topk` with its pullback ``(d_values, d_scores=None) -> (dE, dv)``."""
+    op = successive_halving_operator(boost, weighting, order)
+    return _with_pullback(op, check_inputs(E, v, k, mask))
+
+
+def hard_topk(E: Any, v: Any, k: int, /, *, mask: Any = None, order: str = "score") -> tuple[TopK, Pullback]:
+    """:func:`shtopk.hard_topk` with its pullback ``(d_values, d_scores=None) -> (dE, dv)``."""
+    return _with_pullback(hard_operator(order), check_inputs(E, v, k, mask))
+
+
+def iterative_softmax_topk(E: Any, v: Any, k: int, /, *, alpha: float = 1.0, mask: Any = None) -> tuple[TopK, Pullback]:
+    """:func:`shtopk.iterative_softmax_topk` with its pullback ``(d_values, d_scores=None) -> (dE, dv)``."""
+    return _with_pullback(iterative_operator(alpha), check_inputs(E, v, k, mask))
