@@ -223,9 +223,10 @@ def iterative_softmax_topk(E: Any, v: Any, k: int, /, *, alpha: float = 1.0, mas
     --------
     >>> import numpy as np
     >>> import shtopk
-    >>> out = shtopk.iterative_softmax_topk(np.eye(3), np.array([0.0, 5.0, 1.0]), 1)
-    >>> out.values.round(3)
-    array([[0.007, 0.982, 0.011]])
+    >>> out = shtopk.iterative_softmax_topk(np.eye(3), np.array([0.0, 0.5, 1.0]), 2)
+    >>> out.values.round(3)  # row i is the distribution p_i: far from one-hot at alpha = 1
+    array([[0.171, 0.363, 0.466],
+           [0.438, 0.562, 0.   ]])
     """
     return run_operator(iterative_operator(alpha), check_inputs(E, v, k, mask))
 
@@ -307,7 +308,7 @@ def apply(plan: Plan, E: Any, /) -> TopK:
     >>> import shtopk
     >>> p = shtopk.plan(np.array([3.0, 1.0, 2.0]), 1, boost=1.0)
     >>> shtopk.apply(p, np.eye(3)).values.round(3)
-    array([[0.665, 0.09 , 0.245]])
+    array([[0.781, 0.059, 0.16 ]])
     """
     try:
         indices, weights, scores = plan

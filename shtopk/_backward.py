@@ -142,6 +142,7 @@ def selection_backward(
             dw = xp.concat([dw, xp.zeros((B, m - n), dtype=dw.dtype, device=flat.device)], axis=-1)
         d_scores_t = xp.take_along_axis(d_scores, sel.inv_perm, axis=-1)
         ds = tournament_backward(xp, sel, dw, d_scores_t, **tournament)[:, :n]
+        ds = xp.where(flat.valid, ds, 0.0)  # invalid items: constant -inf scores (matters when n == k)
         ds = ds * nan_factor(xp, flat.poison, ds.dtype)[:, None]  # poisoned rows: NaN, as their outputs
     return dE, xp.astype(ds, flat.v_dtype)
 
