@@ -15,6 +15,7 @@ from array_api_compat import (
     device,
     is_array_api_obj,
     is_cupy_array,
+    is_numpy_array,
     is_torch_array,
 )
 
@@ -32,7 +33,7 @@ __all__ = [
 
 def library_name(x: Any) -> str:
     """Return a short, human-readable name of the library ``x`` comes from."""
-    if array_api_compat.is_numpy_array(x):
+    if is_numpy_array(x):
         return "numpy"
     if is_torch_array(x):
         return "torch"

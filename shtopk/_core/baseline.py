@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._array_api import device
+from .._fast import argsort_descending, inverse_permutation, take_along_last
 from .apply import accumulation_dtype
 from .flat import nan_factor
 
@@ -64,9 +65,9 @@ def iterative_forward(
     """Values (B, k, d) in E's dtype, scores (B, k) in the compute dtype, and the state."""
     B, n = s.shape
     d = E.shape[-1]
-    by_score = xp.argsort(s, axis=-1, descending=True, stable=True)
-    rank = xp.argsort(by_score, axis=-1)
-    m = xp.take_along_axis(s, by_score[:, :k], axis=-1)
+    by_score = argsort_descending(xp, s)
+    rank = inverse_permutation(xp, by_score)
+    m = take_along_last(xp, s, by_score[:, :k])
     step_valid = m > -math.inf
     state = BaselineState(
         alpha=alpha,

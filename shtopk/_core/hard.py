@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._array_api import device
+from .._fast import argsort_descending, inverse_permutation, take_along_last
 from .flat import nan_factor
 from .plan import Selection
 
@@ -16,27 +17,27 @@ def hard_selection(xp: Any, s: Any, valid: Any, poison: Any, k: int, *, order: s
     beyond the number of valid items have weight 0 and score ``-inf``.
     """
     B, n = s.shape
-    by_score = xp.argsort(s, axis=-1, descending=True, stable=True)
+    by_score = argsort_descending(xp, s)
     top = by_score[:, :k]
-    top_valid = xp.take_along_axis(valid, top, axis=-1)
+    top_valid = take_along_last(xp, valid, top)
     if order == "input":
         rank_in_top = xp.broadcast_to(xp.arange(k, dtype=top.dtype, device=device(top)), (B, k))
         perm = xp.argsort(xp.where(top_valid, top, n + rank_in_top), axis=-1, stable=True)
-        top = xp.take_along_axis(top, perm, axis=-1)
-        top_valid = xp.take_along_axis(top_valid, perm, axis=-1)
+        top = take_along_last(xp, top, perm)
+        top_valid = take_along_last(xp, top_valid, perm)
     else:
         perm = None
     factor = nan_factor(xp, poison, s.dtype)
     weights = xp.astype(top_valid, s.dtype) * factor[:, None]
-    scores = xp.take_along_axis(s, top, axis=-1) * factor[:, None]
+    scores = take_along_last(xp, s, top) * factor[:, None]
     indices = top[..., None]
     if not record:
         return Selection(indices, weights[..., None], scores)
     # Row layout: an item's rank in the score order is its slot (before `perm`).
-    rank = xp.argsort(by_score, axis=-1)
+    rank = inverse_permutation(xp, by_score)
     selected = valid & (rank < k)
     slot = xp.clip(rank, max=k - 1)
     if perm is not None:
-        slot = xp.take_along_axis(xp.argsort(perm, axis=-1), slot, axis=-1)
+        slot = take_along_last(xp, inverse_permutation(xp, perm), slot)
     weight_of_row = xp.astype(selected, s.dtype) * factor[:, None]
     return Selection(indices, weights[..., None], scores, slot_of_row=slot, weight_of_row=weight_of_row)

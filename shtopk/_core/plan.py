@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._array_api import device
+from .._fast import argsort_descending, inverse_permutation, take_along_last
 from .flat import nan_factor
 
 _NEG_INF = -math.inf
@@ -35,23 +36,37 @@ def n_rounds(n: int, k: int) -> int:
 
 @dataclass(frozen=True)
 class Round:
-    """What one round did, kept for the manual backward pass.
+    """What one round did: the pairs it formed, and what the backward pass needs.
 
-    ``hi``/``lo`` are the positions (B, M/2) of the better and worse member of
-    each pair, ``rank`` (B, M) the sorted position of every group, ``s_hi`` and
-    ``s_lo`` the pair's scores with finite stand-ins for invalid entries, ``t`` the
-    non-negative gap of the pair weights and ``w_hi``/``w_lo`` the weights.
+    ``pairs`` (B, M/2, 2) holds the group positions of each pair, better
+    ("hi") first, and ``pair_weights`` (B, M/2, 2) their weights. With
+    ``record``, also ``s_hi``/``s_lo``, the pair's scores with finite
+    stand-ins for invalid entries, ``t``, the non-negative gap behind the
+    weights, and ``lo_valid``.
     """
 
-    hi: Any
-    lo: Any
-    rank: Any
-    s_hi: Any
-    s_lo: Any
-    t: Any
-    w_hi: Any
-    w_lo: Any
-    lo_valid: Any
+    pairs: Any
+    pair_weights: Any
+    s_hi: Any = None
+    s_lo: Any = None
+    t: Any = None
+    lo_valid: Any = None
+
+    @property
+    def hi(self) -> Any:
+        return self.pairs[..., 0]
+
+    @property
+    def lo(self) -> Any:
+        return self.pairs[..., 1]
+
+    @property
+    def w_hi(self) -> Any:
+        return self.pair_weights[..., 0]
+
+    @property
+    def w_lo(self) -> Any:
+        return self.pair_weights[..., 1]
 
 
 @dataclass(frozen=True)
@@ -123,24 +138,16 @@ def pair_weights(xp: Any, s_hi: Any, s_lo: Any, boost: float, weighting: str) ->
     return s_hi0, s_lo0, t, w_hi, w_lo, lo_valid, merged
 
 
-def _group_gather(xp: Any, x: Any, pos: Any, group: int) -> Any:
-    """Gather whole groups: ``x`` (B, M * group), ``pos`` (B, M') -> (B, M' * group)."""
-    B, Mp = pos.shape
-    offsets = xp.arange(group, dtype=pos.dtype, device=device(pos))
-    idx = xp.reshape(pos[..., None] * group + offsets, (B, Mp * group))
-    return xp.take_along_axis(x, idx, axis=-1)
-
-
-def _interleave(xp: Any, a: Any, b: Any) -> Any:
-    """(B, h), (B, h) -> (B, 2h) as ``[a0, b0, a1, b1, ...]``."""
-    B, h = a.shape
-    return xp.reshape(xp.concat([a[..., None], b[..., None]], axis=-1), (B, 2 * h))
+def _stack_last(xp: Any, a: Any, b: Any) -> Any:
+    """(B, h), (B, h) -> (B, h, 2)."""
+    return xp.concat([a[..., None], b[..., None]], axis=-1)
 
 
 def take_slots(xp: Any, x: Any, perm: Any) -> Any:
     """Reorder the slots of ``x`` (B, k, P) by ``perm`` (B, k)."""
     B, k, P = x.shape
-    return xp.reshape(_group_gather(xp, xp.reshape(x, (B, k * P)), perm, P), (B, k, P))
+    idx = xp.reshape(perm[..., None] * P + xp.arange(P, dtype=perm.dtype, device=device(perm)), (B, k * P))
+    return xp.reshape(take_along_last(xp, xp.reshape(x, (B, k * P)), idx), (B, k, P))
 
 
 def tournament(
@@ -168,43 +175,40 @@ def tournament(
     if m > n:
         s = xp.concat([s, xp.full((B, m - n), _NEG_INF, dtype=s.dtype, device=dev)], axis=-1)
         valid = xp.concat([valid, xp.zeros((B, m - n), dtype=xp.bool, device=dev)], axis=-1)
-    ids = xp.broadcast_to(xp.arange(m, device=dev), (B, m))
-    cw = xp.astype(valid, s.dtype)
+
+    # The rounds, on the scores only: sizes m, m/2, ..., 2k (O(m log m) in all).
     rounds: list[Round] = []
     for r in range(R):
-        group = 1 << r
         M = m >> r
-        order_r = xp.argsort(s, axis=-1, descending=True, stable=True)
-        hi = order_r[:, : M // 2]
-        lo = xp.flip(order_r[:, M // 2 :], axis=-1)
-        s_hi = xp.take_along_axis(s, hi, axis=-1)
-        s_lo = xp.take_along_axis(s, lo, axis=-1)
+        order_r = argsort_descending(xp, s, nearly_sorted=r > 0)
+        s_sorted = take_along_last(xp, s, order_r)
+        s_hi = s_sorted[:, : M // 2]
+        s_lo = xp.flip(s_sorted[:, M // 2 :], axis=-1)
         s_hi0, s_lo0, t, w_hi, w_lo, lo_valid, s = pair_weights(xp, s_hi, s_lo, boost, weighting)
-        # New group i = [group hi[i] | group lo[i]], each member scaled by its side's weight.
-        pair_pos = _interleave(xp, hi, lo)
-        ids = _group_gather(xp, ids, pair_pos, group)
-        w_member = xp.broadcast_to(_interleave(xp, w_hi, w_lo)[..., None], (B, M, group))
-        cw = _group_gather(xp, cw, pair_pos, group) * xp.reshape(w_member, (B, m))
+        pairs = _stack_last(xp, order_r[:, : M // 2], xp.flip(order_r[:, M // 2 :], axis=-1))
+        weights = _stack_last(xp, w_hi, w_lo)
         if record:
-            rank = xp.argsort(order_r, axis=-1)
-            rounds.append(Round(hi, lo, rank, s_hi0, s_lo0, t, w_hi, w_lo, lo_valid))
-    ids = xp.reshape(ids, (B, k, P))
-    weights = xp.reshape(cw, (B, k, P))
-    member_valid = xp.reshape(xp.take_along_axis(valid, xp.reshape(ids, (B, m)), axis=-1), (B, k, P))
+            rounds.append(Round(pairs, weights, s_hi0, s_lo0, t, lo_valid))
+        else:
+            rounds.append(Round(pairs, weights))
     slot_valid = s > _NEG_INF
 
     if order == "score":
-        perm = xp.argsort(s, axis=-1, descending=True, stable=True)
+        perm = argsort_descending(xp, s, nearly_sorted=R > 0)
+        ids, weights = _expand(xp, rounds, perm, s.dtype)
     else:
+        ids, weights = _expand(xp, rounds, xp.broadcast_to(xp.arange(k, device=dev), (B, k)), s.dtype)
+        member_valid = xp.reshape(take_along_last(xp, valid, xp.reshape(ids, (B, m))), (B, k, P))
+        weights = weights * xp.astype(member_valid, weights.dtype)
         top_w = xp.max(weights, axis=-1, keepdims=True)
         candidates = xp.where(member_valid & (weights == top_w), ids, m)
         key = xp.where(slot_valid, xp.min(candidates, axis=-1), m)
         perm = xp.argsort(key, axis=-1, stable=True)
-    ids = take_slots(xp, ids, perm)
-    weights = take_slots(xp, weights, perm)
-    member_valid = take_slots(xp, member_valid, perm)
-    s = xp.take_along_axis(s, perm, axis=-1)
-    slot_valid = xp.take_along_axis(slot_valid, perm, axis=-1)
+        ids = take_slots(xp, ids, perm)
+        weights = take_slots(xp, weights, perm)
+    s = take_along_last(xp, s, perm)
+    slot_valid = take_along_last(xp, slot_valid, perm)
+    member_valid = xp.reshape(take_along_last(xp, valid, xp.reshape(ids, (B, m))), (B, k, P))
 
     # Members that are padding or masked read the slot's first row (weight 0),
     # so rows excluded by the mask are never read; slots without any valid
@@ -213,14 +217,33 @@ def tournament(
     indices = xp.where(member_valid, ids, first)
 
     factor = nan_factor(xp, poison, s.dtype)
-    weights = weights * factor[:, None, None]
+    weights = weights * (xp.astype(member_valid, s.dtype) * factor[:, None, None])
     scores = s * factor[:, None]
     if not record:
         return Selection(indices, weights, scores)
-
     # Row layout: the member ids of all slots form a permutation of [0, m).
-    position = xp.argsort(xp.reshape(ids, (B, m)), axis=-1)[:, :n]
+    position = inverse_permutation(xp, xp.reshape(ids, (B, m)))[:, :n]
     slot_of_row = position // P
-    weight_of_row = xp.take_along_axis(xp.reshape(weights, (B, m)), position, axis=-1)
-    inv_perm = xp.argsort(perm, axis=-1)
-    return Selection(indices, weights, scores, slot_of_row, weight_of_row, rounds, inv_perm)
+    weight_of_row = take_along_last(xp, xp.reshape(weights, (B, m)), position)
+    return Selection(indices, weights, scores, slot_of_row, weight_of_row, rounds, inverse_permutation(xp, perm))
+
+
+def _expand(xp: Any, rounds: list[Round], slots: Any, dtype: Any) -> tuple[Any, Any]:
+    """Member ids and weights (B, k, P) of the final groups listed in ``slots`` (B, k).
+
+    Top-down: every group of round r + 1 splits in place into its pair
+    ``[hi, lo]`` of round r, so a slot lists its members best first, and the
+    weights multiply along the way. Sizes k, 2k, ..., m: O(m) in all.
+    """
+    B, k = slots.shape
+    pos = slots
+    weights = xp.ones(slots.shape, dtype=dtype, device=device(slots))
+    for rd in reversed(rounds):
+        width = 2 * pos.shape[-1]
+        both = xp.reshape(_stack_last(xp, 2 * pos, 2 * pos + 1), (B, width))  # [hi, lo] of each group
+        M = 2 * rd.pairs.shape[1]
+        pos = take_along_last(xp, xp.reshape(rd.pairs, (B, M)), both)
+        side = take_along_last(xp, xp.reshape(rd.pair_weights, (B, M)), both)
+        weights = xp.reshape(xp.broadcast_to(weights[..., None], (B, width // 2, 2)), (B, width)) * side
+    P = pos.shape[-1] // k
+    return xp.reshape(pos, (B, k, P)), xp.reshape(weights, (B, k, P))

@@ -1,0 +1,57 @@
+"""Backend fast paths give exactly what the pure Array API versions give."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shtopk import _fast
+
+
+def test_argsort_descending_matches_the_stable_sort(backend, rng):
+    xp = backend.xp
+    for dtype in ("float32", "float64"):
+        for values in (
+            rng.normal(size=(5, 300)),
+            rng.integers(-3, 3, (5, 300)).astype(float),  # many ties
+            np.where(rng.random((5, 300)) < 0.3, -np.inf, rng.normal(size=(5, 300))),
+            np.array([[0.0, -0.0, 1.0, -0.0, 0.0, np.inf, -np.inf]]),  # signed zeros tie
+        ):
+            s = backend.asarray(values, dtype)
+            want = backend.to_numpy(_fast.neutral_argsort_descending(xp, s))
+            for nearly_sorted in (False, True):
+                got = backend.to_numpy(_fast.argsort_descending(xp, s, nearly_sorted=nearly_sorted))
+                np.testing.assert_array_equal(got, want)
+            ref = np.argsort(-values.astype(dtype), axis=-1, kind="stable")
+            np.testing.assert_array_equal(want, ref)
+
+
+def test_unsort_and_inverse_permutation(backend, rng):
+    xp = backend.xp
+    perm_np = np.stack([rng.permutation(257) for _ in range(4)])
+    perm = backend.asarray(perm_np)
+    inv = backend.to_numpy(_fast.inverse_permutation(xp, perm))
+    np.testing.assert_array_equal(np.take_along_axis(perm_np, inv, -1), np.broadcast_to(np.arange(257), (4, 257)))
+    np.testing.assert_array_equal(inv, backend.to_numpy(_fast.neutral_inverse_permutation(xp, perm)))
+    values_np = rng.normal(size=(4, 257))
+    out = backend.to_numpy(_fast.unsort(xp, backend.asarray(values_np), perm))
+    np.testing.assert_array_equal(np.take_along_axis(out, perm_np, -1), values_np)
+
+
+@pytest.mark.parametrize("shape", [(3, 10), (0, 4), (2, 0)])
+def test_take_along_last(backend, rng, shape):
+    xp = backend.xp
+    x_np = rng.normal(size=shape)
+    idx_np = rng.integers(0, max(shape[1], 1), (shape[0], 7)) if shape[1] else np.zeros((shape[0], 0), int)
+    got = _fast.take_along_last(xp, backend.asarray(x_np), backend.asarray(idx_np))
+    np.testing.assert_array_equal(backend.to_numpy(got), np.take_along_axis(x_np, idx_np, -1))
+
+
+def test_all_true_on_host(backend):
+    xp = backend.xp
+    answer = _fast.all_true_on_host(xp, backend.asarray(np.array([True, False])))
+    if backend.name in ("cupy", "torch-cuda", "array_api_strict"):
+        assert answer is None  # never synchronizes with a GPU; unknown libraries are not assumed host-only
+    else:
+        assert answer is False
+        assert _fast.all_true_on_host(xp, backend.asarray(np.array([True, True]))) is True
