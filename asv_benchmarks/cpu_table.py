@@ -5,13 +5,16 @@ float32 by default):
 
 - ``read E``: ``E.sum(axis=-2)``, the floor (every row of E read once);
 - ``forward``: :func:`shtopk.successive_halving_topk`;
-- ``fwd+bwd``: :func:`shtopk.vjp.successive_halving_topk` and its pullback;
+- ``fwd+bwd``: :func:`shtopk.vjp.successive_halving_topk` and its pullback
+  (the output cotangents are made once, outside the timed region);
 - ``per-round``: the literal algorithm that sorts and gathers E every round
   (``tests/reference.py``, kept there as the naive reference);
 
 and reports each as a ratio to ``read E``, plus the peak extra memory of
 forward+backward (tracemalloc, which sees NumPy's allocations) over the bytes
-of E. Timings are the median of ``--repeat`` runs after a warm-up.
+of E (the cotangents excluded). The four are timed in turn, ``--repeat``
+rounds after a warm-up round; times are medians and ratios the median of
+the per-round ratios (robust to a noisy machine).
 
 Run from the repository root::
 
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import sys
 import time
 import tracemalloc
@@ -37,14 +39,22 @@ from reference import per_round_successive_halving
 import shtopk
 
 
-def median_seconds(fn, repeat):
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
+def interleaved_seconds(fns, repeat):
+    """Time each function once per round, ``repeat`` rounds after a warm-up round.
+
+    Returns the per-round times (rounds x functions). Interleaving puts the
+    floor and the operator under the same machine load, so the per-round
+    ratios are robust on a noisy machine; their median is reported.
+    """
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times = np.empty((repeat, len(fns)))
+    for r in range(repeat):
+        for j, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            times[r, j] = time.perf_counter() - start
+    return times
 
 
 def peak_extra_bytes(fn):
@@ -77,13 +87,18 @@ def main(argv=None):
     def forward(k):
         return shtopk.successive_halving_topk(E, v, k)
 
-    def forward_backward(k):
-        out, pullback = shtopk.vjp.successive_halving_topk(E, v, k)
-        return pullback(np.ones_like(out.values), np.ones_like(out.scores))
+    def forward_backward(k, cotangents={}):  # noqa: B006 -- made once per k, outside the timed region
+        if k not in cotangents:
+            cotangents[k] = (
+                rng.normal(size=(args.batch, k, args.d)).astype(args.dtype),
+                np.ones((args.batch, k), args.dtype),
+            )
+        _, pullback = shtopk.vjp.successive_halving_topk(E, v, k)
+        return pullback(*cotangents[k])
 
     print(
         f"# NumPy {np.__version__}, {platform.processor() or platform.machine()}, "
-        f"batch {args.batch}, n {args.n}, d {args.d}, {args.dtype}; median of {args.repeat}"
+        f"batch {args.batch}, n {args.n}, d {args.d}, {args.dtype}; median of {args.repeat} interleaved rounds"
     )
     header = (
         f"{'k':>5} {'read E ms':>9} {'forward ms':>10} {'fwd+bwd ms':>10} {'per-round ms':>12} "
@@ -91,16 +106,21 @@ def main(argv=None):
     )
     print(header)
     for k in args.k:
-        read = median_seconds(lambda: E.sum(axis=-2), args.repeat)
-        fwd = median_seconds(lambda k=k: forward(k), args.repeat)
-        both = median_seconds(lambda k=k: forward_backward(k), args.repeat)
-        naive = median_seconds(
-            lambda k=k: per_round_successive_halving(E, v, k, boost=shtopk.DEFAULT_BOOST), max(3, args.repeat // 2)
+        times = interleaved_seconds(
+            [
+                lambda: E.sum(axis=-2),
+                lambda k=k: forward(k),
+                lambda k=k: forward_backward(k),
+                lambda k=k: per_round_successive_halving(E, v, k, boost=shtopk.DEFAULT_BOOST),
+            ],
+            args.repeat,
         )
+        read, fwd, both, naive = np.median(times, axis=0)
+        ratios = np.median(times[:, 1:] / times[:, :1], axis=0)
         mem = peak_extra_bytes(lambda k=k: forward_backward(k)) / e_bytes
         print(
             f"{k:>5} {read * 1e3:>9.2f} {fwd * 1e3:>10.2f} {both * 1e3:>10.2f} {naive * 1e3:>12.2f} "
-            f"{fwd / read:>8.2f} {both / read:>12.2f} {naive / read:>14.2f} {mem:>10.2f}"
+            f"{ratios[0]:>8.2f} {ratios[1]:>12.2f} {ratios[2]:>14.2f} {mem:>10.2f}"
         )
 
 

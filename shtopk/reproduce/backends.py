@@ -1,0 +1,100 @@
+"""The array library and device the reproduction runs on."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+BACKENDS = ("numpy", "torch", "cupy")
+
+
+@dataclass
+class Runtime:
+    """Moves seeded NumPy data to the chosen library/device and synchronizes it."""
+
+    backend: str
+    device: str
+    dtype: str
+    lib: Any = None
+
+    def __post_init__(self) -> None:
+        if self.backend == "numpy":
+            if self.device not in ("cpu", ""):
+                raise ValueError(f"--device {self.device!r}: NumPy runs on the CPU only")
+            self.lib = np
+        elif self.backend == "torch":
+            import torch
+
+            self.lib = torch
+            self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        elif self.backend == "cupy":
+            import cupy
+
+            self.lib = cupy
+            if self.device not in ("", "cuda", "gpu"):
+                cupy.cuda.Device(int(self.device.split(":")[-1])).use()
+        else:
+            raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}")
+
+    def asarray(self, x: np.ndarray) -> Any:
+        if self.backend == "numpy":
+            return x.astype(self.dtype)
+        if self.backend == "torch":
+            return self.lib.from_numpy(x).to(device=self.device, dtype=getattr(self.lib, self.dtype))
+        return self.lib.asarray(x.astype(self.dtype)) if self.dtype != "bfloat16" else _no_bf16()
+
+    def synchronize(self) -> None:
+        if self.backend == "torch" and str(self.device).startswith("cuda"):
+            self.lib.cuda.synchronize()
+        elif self.backend == "cupy":
+            self.lib.cuda.Device().synchronize()
+
+    def to_float(self, x: Any) -> float:
+        if self.backend == "torch":
+            return float(x.float().mean().item())
+        if self.backend == "cupy":
+            return float(x.mean().get())
+        return float(np.mean(x))
+
+    def device_name(self) -> str:
+        if self.backend == "torch" and str(self.device).startswith("cuda"):
+            return self.lib.cuda.get_device_name(self.lib.device(self.device))
+        if self.backend == "cupy":
+            props = self.lib.cuda.runtime.getDeviceProperties(self.lib.cuda.Device().id)
+            return props["name"].decode()
+        return cpu_name()
+
+    def versions(self) -> dict[str, str]:
+        import array_api_compat
+
+        import shtopk
+
+        out = {
+            "python": platform.python_version(),
+            "shtopk": shtopk.__version__,
+            "numpy": np.__version__,
+            "array_api_compat": array_api_compat.__version__,
+        }
+        if self.backend != "numpy":
+            out[self.backend] = self.lib.__version__
+        if self.backend == "torch" and self.lib.version.cuda:
+            out["cuda"] = self.lib.version.cuda
+        return out
+
+
+def _no_bf16() -> Any:
+    raise ValueError("--dtype bfloat16 needs --backend torch")
+
+
+def cpu_name() -> str:
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -1,0 +1,61 @@
+"""The reproduction job: outputs, the published data, and its check."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from shtopk.reproduce import main
+from shtopk.reproduce.evaluate import cell_data, grid
+from shtopk.reproduce.published import ITERATIVE_NCCS, ITERATIVE_TIME, SH_NCCS, SH_TIME
+from shtopk.reproduce.report import comparison
+
+
+def test_published_tables_cover_the_paper_grid():
+    cells = set(grid([2**a for a in range(4, 15)], [2**b for b in range(1, 12)]))
+    for table in (SH_TIME, SH_NCCS, ITERATIVE_TIME, ITERATIVE_NCCS):
+        assert set(table) == cells
+    assert SH_NCCS[(16384, 2)] == 0.1945 and ITERATIVE_TIME[(16384, 2048)] == 2.8369
+
+
+def test_data_is_seeded_per_cell_and_batch():
+    a = cell_data(0, 16, 2, 0, 4)
+    assert (a[0] == cell_data(0, 16, 2, 0, 4)[0]).all()
+    assert not (a[1] == cell_data(0, 16, 2, 1, 4)[1]).all()
+    assert a[0].shape == (16, 16, 4) and a[0].min() >= -1 and a[1].min() >= 0 and a[1].max() <= 1
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_small_run_writes_every_output(tmp_path, capsys):
+    status = main(["--n", "16", "32", "--k", "2", "4", "16", "--batches", "2", "--out", str(tmp_path), "--no-progress"])
+    out = capsys.readouterr().out
+    assert status in (0, 1)  # 2 batches are too few to promise the 0.02 check
+    assert "sh-authors nCCS" in out and "cell by cell" in out
+    rows = list(csv.DictReader(open(tmp_path / "measurements.csv")))
+    cells = {(int(r["n"]), int(r["k"])) for r in rows}
+    assert cells == {(16, 2), (16, 4), (32, 2), (32, 4), (32, 16)}  # k < n only
+    assert len(rows) == 5 * 2 * 4  # cells x batches x methods
+    env = json.loads((tmp_path / "environment.json").read_text())
+    assert env["backend"] == "numpy" and "numpy" in env["versions"] and env["options"]["batches"] == 2
+    for name in ("figure1_time.png", "figure2_nccs.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
+
+
+def test_the_check_fails_beyond_the_tolerance():
+    summary = {(16, 2, "sh-authors"): (SH_NCCS[(16, 2)] + 0.03, 0.01), (32, 2, "sh-authors"): (SH_NCCS[(32, 2)], 0.01)}
+    text, ok = comparison(summary)
+    assert not ok and "n=16 k=2: difference +0.0300" in text
+    summary[(16, 2, "sh-authors")] = (SH_NCCS[(16, 2)] - 0.019, 0.01)
+    assert comparison(summary)[1]
+
+
+def test_module_and_console_script_entry_points(tmp_path):
+    args = ["--n", "16", "--k", "2", "--batches", "16", "--methods", "sh-authors", "--out", str(tmp_path)]
+    result = subprocess.run([sys.executable, "-m", "shtopk.reproduce", *args], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "reproduced" in result.stdout
+    assert "100.0%" in result.stderr  # the progress bar
