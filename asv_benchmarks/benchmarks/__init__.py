@@ -1,0 +1,1 @@
+"""asv benchmarks of shtopk: forward, forward+backward, device time, GPU memory and nCCS."""

@@ -1,0 +1,32 @@
+"""Sphinx configuration of the shtopk documentation (built with warnings as errors in CI)."""
+
+from __future__ import annotations
+
+import shtopk
+
+project = "shtopk"
+author = "the shtopk developers"
+copyright = "2026, the shtopk developers"
+release = version = shtopk.__version__
+
+extensions = [
+    "myst_parser",
+    "numpydoc",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.mathjax",
+]
+source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
+exclude_patterns = ["_build", "scripts", "README*"]
+myst_enable_extensions = ["dollarmath", "colon_fence"]
+myst_heading_anchors = 3
+
+autosummary_generate = True
+autodoc_typehints = "none"  # the numpydoc sections document the types
+numpydoc_show_class_members = False
+numpydoc_xref_param_type = False
+
+html_theme = "pydata_sphinx_theme"
+html_title = "shtopk"
+html_static_path = ["_static"]
+html_theme_options = {"navigation_with_keys": False, "show_toc_level": 2}
