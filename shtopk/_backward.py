@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._array_api import device
+from ._array_api import device, is_numpy_array
 from ._core.apply import accumulation_dtype, batch_offsets, chunk_rows
 from ._core.baseline import BaselineState, distributions, step_chunks
 from ._core.flat import Flat, nan_factor
@@ -33,12 +33,29 @@ def rows_backward(
 
     Returns ``dE`` (B, n, d) in E's dtype (or None) and ``dw`` (B, n), the
     cotangent of each row's weight, in the accumulation dtype (or None).
+    NumPy arrays take the equivalent fast path of :mod:`._numpy_kernels`;
+    every other library runs :func:`neutral_rows_backward`.
     """
+    if is_numpy_array(E) and is_numpy_array(d_values):
+        from . import _numpy_kernels
+
+        return _numpy_kernels.rows_backward(
+            xp, d_values, selection.slot_of_row, selection.weight_of_row, E, need_dE=need_dE, need_dw=need_dw
+        )
+    return neutral_rows_backward(
+        xp, d_values, selection.slot_of_row, selection.weight_of_row, E, need_dE=need_dE, need_dw=need_dw
+    )
+
+
+def neutral_rows_backward(
+    xp: Any, d_values: Any, slot_of_row: Any, weight_of_row: Any, E: Any, *, need_dE: bool, need_dw: bool
+) -> tuple[Any, Any]:
+    """The pure Array API :func:`rows_backward` (on the row layout of a selection)."""
     B, n, d = E.shape
     k = d_values.shape[-2]
     acc = accumulation_dtype(xp, E.dtype)
-    slots = xp.reshape(selection.slot_of_row + batch_offsets(xp, B, k, selection.slot_of_row), (B * n,))
-    w = xp.reshape(xp.astype(selection.weight_of_row, acc), (B * n, 1))
+    slots = xp.reshape(slot_of_row + batch_offsets(xp, B, k, slot_of_row), (B * n,))
+    w = xp.reshape(xp.astype(weight_of_row, acc), (B * n, 1))
     dv2 = xp.reshape(d_values, (B * k, d))
     E2 = xp.reshape(E, (B * n, d))
     dE = xp.empty((B * n, d), dtype=E.dtype, device=device(E)) if need_dE else None
