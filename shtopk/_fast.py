@@ -6,6 +6,7 @@ results (``tests/test_fast_paths.py``).
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from ._array_api import device, is_cupy_array, is_numpy_array, is_torch_array
@@ -45,20 +46,33 @@ def argsort_descending(xp: Any, s: Any, *, nearly_sorted: bool = False) -> Any:
     Ties keep the lower position first; ``s`` holds no NaN. NumPy fast paths
     (same permutation as the stable sort): ``nearly_sorted`` rows (the merged
     scores of every round after the first, which mostly follow pair order) go
-    to NumPy's adaptive stable sort (timsort, ~10x faster on such rows);
-    other float32 rows are packed with their position into unique uint64
-    keys for NumPy's vectorized quicksort (~1.6x faster than timsort).
+    to NumPy's adaptive stable sort (timsort, ~10x faster on such rows; the
+    packed keys below are no faster there, measured). Other float32 rows are
+    packed with their position into unique uint64 keys, which NumPy *sorts*
+    (not argsorts) with its vectorized quicksort -- unique keys make any sort
+    the stable one -- and the positions are read back from the low 32 bits:
+    ~2.5x faster than an argsort of the same keys, ~5x faster than timsort.
     """
     if is_numpy_array(s):
         import numpy as np
 
-        if nearly_sorted or s.dtype != np.float32:
+        B, M = s.shape
+        packable = s.dtype == np.float32 and M <= 1 << 32 and sys.byteorder == "little" and np.intp().itemsize == 8
+        if nearly_sorted or not packable:
             return np.argsort(-s, axis=-1, kind="stable")
-        bits = (s + np.float32(0.0)).view(np.uint32)  # + 0.0 turns -0.0 into 0.0
-        ascending = np.where(bits >> np.uint32(31), ~bits, bits | np.uint32(0x80000000))
-        key = (~ascending).astype(np.uint64) << np.uint64(32)
-        key |= np.arange(s.shape[-1], dtype=np.uint64)
-        return np.argsort(key, axis=-1)
+        # Order-preserving map of -s to uint32: flip every bit of negatives, the sign bit of
+        # the others (0.0 - s also turns -0.0 into 0.0, so signed zeros tie).
+        neg = np.subtract(np.float32(0.0), s, dtype=np.float32).view(np.int32)
+        flip = neg >> np.int32(31)
+        flip |= np.int32(-(1 << 31))
+        flip ^= neg
+        key = np.empty((B, M, 2), dtype=np.uint32)  # (low, high) words of a little-endian uint64
+        key[..., 1] = flip.view(np.uint32)
+        key[..., 0] = np.arange(M, dtype=np.uint32)
+        key = key.view(np.uint64)[..., 0]
+        key.sort(axis=-1)
+        key &= np.uint64(0xFFFFFFFF)
+        return key.view(np.intp)
     return neutral_argsort_descending(xp, s)
 
 
