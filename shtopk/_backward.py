@@ -23,7 +23,7 @@ from ._core.apply import accumulation_dtype, batch_offsets, chunk_rows
 from ._core.baseline import BaselineState, distributions, step_chunks
 from ._core.flat import Flat, nan_factor
 from ._core.plan import Round, Selection
-from ._fast import take_along_last, unsort
+from ._fast import take_along_last, unsort_many
 
 
 def rows_backward(
@@ -93,10 +93,10 @@ def _pair_weight_grad(xp: Any, rd: Round, diff: Any, boost: float, weighting: st
     return diff * f_hi, -diff * f_lo
 
 
-def _unsort(xp: Any, hi_part: Any, lo_part: Any, rd: Round) -> Any:
-    """Values of the pairs' members (B, M/2) each back at its group position (B, M)."""
-    order = xp.concat([rd.hi, xp.flip(rd.lo, axis=-1)], axis=-1)
-    return unsort(xp, xp.concat([hi_part, xp.flip(lo_part, axis=-1)], axis=-1), order)
+def _sorted_layout(xp: Any, hi_part: Any, lo_part: Any) -> Any:
+    """Values of the pairs' members (B, M/2) placed as in the round's sort order (B, M):
+    the hi member of pair ``i`` at ``i``, its lo member at ``M - 1 - i``."""
+    return xp.concat([hi_part, xp.flip(lo_part, axis=-1)], axis=-1)
 
 
 def tournament_backward(xp: Any, sel: Selection, dw_items: Any, d_scores: Any, boost: float, weighting: str) -> Any:
@@ -108,13 +108,15 @@ def tournament_backward(xp: Any, sel: Selection, dw_items: Any, d_scores: Any, b
     ``D`` the product of the weights a group receives from later rounds, the
     cotangent of a pair weight is ``D * Q + sigma * s`` (``sigma`` being the
     cotangent of the merged score). ``Q`` is built bottom-up, ``D`` and
-    ``sigma`` top-down.
+    ``sigma`` top-down; both directions move values through each round's sort
+    order (one gather, one scatter shared by ``sigma`` and ``D``).
     """
     Qs = []
     Q = dw_items
     for rd in sel.rounds:
-        q_hi = take_along_last(xp, Q, rd.hi)
-        q_lo = take_along_last(xp, Q, rd.lo)
+        h = rd.order.shape[-1] // 2
+        q = take_along_last(xp, Q, rd.order)
+        q_hi, q_lo = q[:, :h], xp.flip(q[:, h:], axis=-1)
         Qs.append((q_hi, q_lo))
         Q = rd.w_hi * q_hi + rd.w_lo * q_lo
     sigma = d_scores
@@ -123,9 +125,13 @@ def tournament_backward(xp: Any, sel: Selection, dw_items: Any, d_scores: Any, b
         dw_hi = D * q_hi + sigma * rd.s_hi
         dw_lo = D * q_lo + sigma * rd.s_lo
         ds_hi, ds_lo = _pair_weight_grad(xp, rd, dw_hi - dw_lo, boost, weighting)
-        sigma, D = (
-            _unsort(xp, sigma * rd.w_hi + ds_hi, sigma * rd.w_lo + ds_lo, rd),
-            _unsort(xp, D * rd.w_hi, D * rd.w_lo, rd),
+        sigma, D = unsort_many(
+            xp,
+            [
+                _sorted_layout(xp, sigma * rd.w_hi + ds_hi, sigma * rd.w_lo + ds_lo),
+                _sorted_layout(xp, D * rd.w_hi, D * rd.w_lo),
+            ],
+            rd.order,
         )
     return sigma
 

@@ -24,15 +24,25 @@ def unsort(xp: Any, values: Any, perm: Any) -> Any:
     The Array API has no scatter, so the neutral version sorts (O(M log M));
     NumPy, CuPy and PyTorch scatter instead (O(M)).
     """
+    return unsort_many(xp, [values], perm)[0]
+
+
+def unsort_many(xp: Any, values: list[Any], perm: Any) -> list[Any]:
+    """:func:`unsort` of several (B, M) arrays by the same ``perm``, the index work done once."""
     B, M = perm.shape
     if is_torch_array(perm):
-        return values.new_empty(values.shape).scatter_(-1, perm, values)
+        return [v.new_empty(v.shape).scatter_(-1, perm, v) for v in values]
     if is_numpy_array(perm) or is_cupy_array(perm):
         lib = __import__(type(perm).__module__.split(".")[0])  # numpy or cupy: same indexing API
-        out = lib.empty(values.shape, dtype=values.dtype)
-        out.reshape(-1)[(perm + (lib.arange(B, dtype=perm.dtype) * M)[:, None]).reshape(-1)] = values.reshape(-1)
-        return out
-    return take_along_last(xp, values, neutral_inverse_permutation(xp, perm))
+        flat = (perm + (lib.arange(B, dtype=perm.dtype) * M)[:, None]).reshape(-1)
+        outs = []
+        for v in values:
+            out = lib.empty(v.shape, dtype=v.dtype)
+            out.reshape(-1)[flat] = v.reshape(-1)
+            outs.append(out)
+        return outs
+    inv = neutral_inverse_permutation(xp, perm)
+    return [take_along_last(xp, v, inv) for v in values]
 
 
 def neutral_inverse_permutation(xp: Any, perm: Any) -> Any:
@@ -105,4 +115,12 @@ def all_true_on_host(xp: Any, x: Any) -> bool | None:
     """
     if is_numpy_array(x) or (is_torch_array(x) and x.device.type == "cpu"):
         return bool(xp.all(x))
+    return None
+
+
+def all_finite_on_host(xp: Any, x: Any) -> bool | None:
+    """``bool(all(isfinite(x)))`` for NumPy arrays and CPU tensors, else None (no device sync,
+    and no work at all off the host)."""
+    if is_numpy_array(x) or (is_torch_array(x) and x.device.type == "cpu"):
+        return bool(xp.all(xp.isfinite(x)))
     return None
