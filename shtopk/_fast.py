@@ -97,13 +97,18 @@ def take_along_last(xp: Any, x: Any, idx: Any) -> Any:
     NumPy's ``take_along_axis`` builds a broadcast fancy index; a flat ``take``
     with batch offsets is 2-3x faster and gives the same result.
     """
-    if is_numpy_array(x):
+    return take_along_last_many(xp, [x], idx)[0]
+
+
+def take_along_last_many(xp: Any, xs: list[Any], idx: Any) -> list[Any]:
+    """:func:`take_along_last` of several (B, N) arrays with the same ``idx``, the index work done once."""
+    if is_numpy_array(idx) and all(is_numpy_array(x) for x in xs):
         import numpy as np
 
-        B, N = x.shape
+        B, N = xs[0].shape
         flat = idx + (np.arange(B, dtype=idx.dtype) * N)[:, None]
-        return np.take(x.reshape(-1), flat)
-    return xp.take_along_axis(x, idx, axis=-1)
+        return [np.take(x.reshape(-1), flat) for x in xs]
+    return [xp.take_along_axis(x, idx, axis=-1) for x in xs]
 
 
 def all_true_on_host(xp: Any, x: Any) -> bool | None:

@@ -55,6 +55,11 @@ def test_take_along_last(backend, rng, shape):
     idx_np = rng.integers(0, max(shape[1], 1), (shape[0], 7)) if shape[1] else np.zeros((shape[0], 0), int)
     got = _fast.take_along_last(xp, backend.asarray(x_np), backend.asarray(idx_np))
     np.testing.assert_array_equal(backend.to_numpy(got), np.take_along_axis(x_np, idx_np, -1))
+    y_np = rng.integers(-5, 5, shape)
+    both = _fast.take_along_last_many(xp, [backend.asarray(x_np), backend.asarray(y_np)], backend.asarray(idx_np))
+    assert len(both) == 2
+    np.testing.assert_array_equal(backend.to_numpy(both[0]), np.take_along_axis(x_np, idx_np, -1))
+    np.testing.assert_array_equal(backend.to_numpy(both[1]), np.take_along_axis(y_np, idx_np, -1))
 
 
 def test_all_finite_on_host(backend):

@@ -20,7 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._array_api import device
-from .._fast import all_finite_on_host, all_true_on_host, argsort_descending, inverse_permutation, take_along_last
+from .._fast import (
+    all_finite_on_host,
+    all_true_on_host,
+    argsort_descending,
+    inverse_permutation,
+    take_along_last,
+    take_along_last_many,
+)
 from .flat import nan_factor
 
 _NEG_INF = -math.inf
@@ -255,12 +262,13 @@ def _expand(xp: Any, rounds: list[Round], slots: Any, dtype: Any) -> tuple[Any, 
         width = 2 * pos.shape[-1]
         M = rd.order.shape[-1]
         both = xp.reshape(_stack_last(xp, pos, (M - 1) - pos), (B, width))  # places of [hi, lo] of each group
-        side = take_along_last(xp, rd.sorted_weights, both)
-        pos = take_along_last(xp, rd.order, both)
+        side, pos = take_along_last_many(xp, [rd.sorted_weights, rd.order], both)
         if weights is None:
             weights = side
         else:
-            weights = xp.reshape(xp.reshape(side, (B, width // 2, 2)) * weights[..., None], (B, width))
+            # both members of a group inherit its weight; stacking it first keeps the product
+            # contiguous (NumPy runs a broadcast over a last axis of 2 ~4x slower)
+            weights = side * xp.reshape(_stack_last(xp, weights, weights), (B, width))
     if weights is None:
         weights = xp.ones(slots.shape, dtype=dtype, device=device(slots))
     P = pos.shape[-1] // k
