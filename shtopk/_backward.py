@@ -107,29 +107,30 @@ def tournament_backward(xp: Any, sel: Selection, dw_items: Any, d_scores: Any, b
     With ``Q`` a group's weighted sum of its members' weight cotangents and
     ``D`` the product of the weights a group receives from later rounds, the
     cotangent of a pair weight is ``D * Q + sigma * s`` (``sigma`` being the
-    cotangent of the merged score). ``Q`` is built bottom-up, ``D`` and
-    ``sigma`` top-down; both directions move values through each round's sort
-    order (one gather, one scatter shared by ``sigma`` and ``D``).
+    cotangent of the merged score), so a pair needs only
+    ``dL/dw_hi - dL/dw_lo = D * (Q_hi - Q_lo) + sigma * (s_hi - s_lo)``.
+    ``Q`` is built bottom-up, ``D`` and ``sigma`` top-down. Both directions
+    work in each round's sort order, where a member's weight is at its own
+    place (``sorted_weights``): one gather per round for ``Q``, one scatter
+    (shared by ``sigma`` and ``D``) per round back.
     """
-    Qs = []
+    dQs = []
     Q = dw_items
     for rd in sel.rounds:
         h = rd.order.shape[-1] // 2
         q = take_along_last(xp, Q, rd.order)
-        q_hi, q_lo = q[:, :h], xp.flip(q[:, h:], axis=-1)
-        Qs.append((q_hi, q_lo))
-        Q = rd.w_hi * q_hi + rd.w_lo * q_lo
+        weighted = q * rd.sorted_weights
+        Q = weighted[:, :h] + xp.flip(weighted[:, h:], axis=-1)  # w_hi * Q_hi + w_lo * Q_lo
+        dQs.append(q[:, :h] - xp.flip(q[:, h:], axis=-1))
     sigma = d_scores
     D = xp.ones_like(d_scores)
-    for rd, (q_hi, q_lo) in zip(reversed(sel.rounds), reversed(Qs), strict=True):
-        dw_hi = D * q_hi + sigma * rd.s_hi
-        dw_lo = D * q_lo + sigma * rd.s_lo
-        ds_hi, ds_lo = _pair_weight_grad(xp, rd, dw_hi - dw_lo, boost, weighting)
+    for rd, dQ in zip(reversed(sel.rounds), reversed(dQs), strict=True):
+        ds_hi, ds_lo = _pair_weight_grad(xp, rd, D * dQ + sigma * rd.gap, boost, weighting)
         sigma, D = unsort_many(
             xp,
             [
-                _sorted_layout(xp, sigma * rd.w_hi + ds_hi, sigma * rd.w_lo + ds_lo),
-                _sorted_layout(xp, D * rd.w_hi, D * rd.w_lo),
+                _sorted_layout(xp, sigma, sigma) * rd.sorted_weights + _sorted_layout(xp, ds_hi, ds_lo),
+                _sorted_layout(xp, D, D) * rd.sorted_weights,
             ],
             rd.order,
         )

@@ -53,8 +53,9 @@ class Round:
     weights by pair. Keeping the sort order itself (rather than stacked
     pairs) saves building the pairs in the forward pass and re-assembling
     them for the backward scatter. With ``record``, also ``s_hi``/``s_lo``,
-    the pair's scores with finite stand-ins for invalid entries, ``t``, the
-    non-negative gap behind the weights, and ``lo_valid``.
+    the pair's scores with finite stand-ins for invalid entries, their
+    difference ``gap``, ``t``, the non-negative gap behind the weights, and
+    ``lo_valid``.
     """
 
     order: Any
@@ -63,6 +64,7 @@ class Round:
     w_lo: Any
     s_hi: Any = None
     s_lo: Any = None
+    gap: Any = None
     t: Any = None
     lo_valid: Any = None
 
@@ -133,8 +135,9 @@ def pair_weights(
     if all_finite:
         t = pair_gap(xp, s_hi, s_lo, boost, weighting, all_finite=True)
         e = xp.exp(-t)
-        w_hi = 1.0 / (1.0 + e)
-        w_lo = e / (1.0 + e)
+        one_e = 1.0 + e
+        w_hi = 1.0 / one_e
+        w_lo = e / one_e
         lo_valid = xp.ones(s_hi.shape, dtype=xp.bool, device=device(s_hi))
         return s_hi, s_lo, t, w_hi, w_lo, lo_valid, w_hi * s_hi + w_lo * s_lo
     hi_valid = s_hi > _NEG_INF
@@ -144,9 +147,10 @@ def pair_weights(
     s_lo0 = xp.where(lo_valid, s_lo, xp.where(xp.isinf(s_hi0), 0.0, s_hi0))
     t = pair_gap(xp, s_hi0, s_lo0, boost, weighting)
     e = xp.exp(-t)
+    one_e = 1.0 + e
     one = xp.ones_like(s_hi)
-    w_hi = xp.where(lo_valid, 1.0 / (1.0 + e), xp.where(hi_valid, one, 0.0))
-    w_lo = xp.where(lo_valid, e / (1.0 + e), 0.0)
+    w_hi = xp.where(lo_valid, 1.0 / one_e, xp.where(hi_valid, one, 0.0))
+    w_lo = xp.where(lo_valid, e / one_e, 0.0)
     merged = xp.where(lo_valid, w_hi * s_hi0 + w_lo * s_lo0, s_hi)
     return s_hi0, s_lo0, t, w_hi, w_lo, lo_valid, merged
 
@@ -202,7 +206,7 @@ def tournament(
         s_hi0, s_lo0, t, w_hi, w_lo, lo_valid, s = pair_weights(xp, s_hi, s_lo, boost, weighting, all_finite=finite)
         sorted_weights = xp.concat([w_hi, xp.flip(w_lo, axis=-1)], axis=-1)
         if record:
-            rounds.append(Round(order_r, sorted_weights, w_hi, w_lo, s_hi0, s_lo0, t, lo_valid))
+            rounds.append(Round(order_r, sorted_weights, w_hi, w_lo, s_hi0, s_lo0, s_hi0 - s_lo0, t, lo_valid))
         else:
             rounds.append(Round(order_r, sorted_weights, w_hi, w_lo))
     slot_valid = s > _NEG_INF
