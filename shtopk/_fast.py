@@ -101,13 +101,16 @@ def take_along_last(xp: Any, x: Any, idx: Any) -> Any:
 
 
 def take_along_last_many(xp: Any, xs: list[Any], idx: Any) -> list[Any]:
-    """:func:`take_along_last` of several (B, N) arrays with the same ``idx``, the index work done once."""
+    """:func:`take_along_last` of several (B, N) arrays by the same ``idx``; on NumPy the
+    flat index is computed once for all arrays of the first one's shape."""
     if is_numpy_array(idx) and all(is_numpy_array(x) for x in xs):
         import numpy as np
 
-        B, N = xs[0].shape
-        flat = idx + (np.arange(B, dtype=idx.dtype) * N)[:, None]
-        return [np.take(x.reshape(-1), flat) for x in xs]
+        def flat_index(N: int) -> Any:
+            return idx + (np.arange(idx.shape[0], dtype=idx.dtype) * N)[:, None]
+
+        shared = flat_index(xs[0].shape[-1]) if xs else None
+        return [np.take(x.reshape(-1), shared if x.shape == xs[0].shape else flat_index(x.shape[-1])) for x in xs]
     return [xp.take_along_axis(x, idx, axis=-1) for x in xs]
 
 

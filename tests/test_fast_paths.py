@@ -60,6 +60,9 @@ def test_take_along_last(backend, rng, shape):
     assert len(both) == 2
     np.testing.assert_array_equal(backend.to_numpy(both[0]), np.take_along_axis(x_np, idx_np, -1))
     np.testing.assert_array_equal(backend.to_numpy(both[1]), np.take_along_axis(y_np, idx_np, -1))
+    wider = rng.normal(size=(shape[0], shape[1] + 3))  # another row length: its own flat index
+    got = _fast.take_along_last_many(xp, [backend.asarray(x_np), backend.asarray(wider)], backend.asarray(idx_np))
+    np.testing.assert_array_equal(backend.to_numpy(got[1]), np.take_along_axis(wider, idx_np, -1))
 
 
 def test_all_finite_on_host(backend):
