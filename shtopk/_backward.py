@@ -18,12 +18,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._array_api import device
+from ._array_api import device, is_numpy_array
 from ._core.apply import accumulation_dtype, batch_offsets, chunk_rows
 from ._core.baseline import BaselineState, distributions, step_chunks
 from ._core.flat import Flat, nan_factor
 from ._core.plan import Round, Selection
-from ._fast import take_along_last, unsort
+from ._fast import take_along_last, unsort_many
 
 
 def rows_backward(
@@ -33,12 +33,29 @@ def rows_backward(
 
     Returns ``dE`` (B, n, d) in E's dtype (or None) and ``dw`` (B, n), the
     cotangent of each row's weight, in the accumulation dtype (or None).
+    NumPy arrays take the equivalent fast path of :mod:`._numpy_kernels`;
+    every other library runs :func:`neutral_rows_backward`.
     """
+    if is_numpy_array(E) and is_numpy_array(d_values):
+        from . import _numpy_kernels
+
+        return _numpy_kernels.rows_backward(
+            xp, d_values, selection.slot_of_row, selection.weight_of_row, E, need_dE=need_dE, need_dw=need_dw
+        )
+    return neutral_rows_backward(
+        xp, d_values, selection.slot_of_row, selection.weight_of_row, E, need_dE=need_dE, need_dw=need_dw
+    )
+
+
+def neutral_rows_backward(
+    xp: Any, d_values: Any, slot_of_row: Any, weight_of_row: Any, E: Any, *, need_dE: bool, need_dw: bool
+) -> tuple[Any, Any]:
+    """The pure Array API :func:`rows_backward` (on the row layout of a selection)."""
     B, n, d = E.shape
     k = d_values.shape[-2]
     acc = accumulation_dtype(xp, E.dtype)
-    slots = xp.reshape(selection.slot_of_row + batch_offsets(xp, B, k, selection.slot_of_row), (B * n,))
-    w = xp.reshape(xp.astype(selection.weight_of_row, acc), (B * n, 1))
+    slots = xp.reshape(slot_of_row + batch_offsets(xp, B, k, slot_of_row), (B * n,))
+    w = xp.reshape(xp.astype(weight_of_row, acc), (B * n, 1))
     dv2 = xp.reshape(d_values, (B * k, d))
     E2 = xp.reshape(E, (B * n, d))
     dE = xp.empty((B * n, d), dtype=E.dtype, device=device(E)) if need_dE else None
@@ -76,10 +93,10 @@ def _pair_weight_grad(xp: Any, rd: Round, diff: Any, boost: float, weighting: st
     return diff * f_hi, -diff * f_lo
 
 
-def _unsort(xp: Any, hi_part: Any, lo_part: Any, rd: Round) -> Any:
-    """Values of the pairs' members (B, M/2) each back at its group position (B, M)."""
-    order = xp.concat([rd.hi, xp.flip(rd.lo, axis=-1)], axis=-1)
-    return unsort(xp, xp.concat([hi_part, xp.flip(lo_part, axis=-1)], axis=-1), order)
+def _sorted_layout(xp: Any, hi_part: Any, lo_part: Any) -> Any:
+    """Values of the pairs' members (B, M/2) placed as in the round's sort order (B, M):
+    the hi member of pair ``i`` at ``i``, its lo member at ``M - 1 - i``."""
+    return xp.concat([hi_part, xp.flip(lo_part, axis=-1)], axis=-1)
 
 
 def tournament_backward(xp: Any, sel: Selection, dw_items: Any, d_scores: Any, boost: float, weighting: str) -> Any:
@@ -90,25 +107,32 @@ def tournament_backward(xp: Any, sel: Selection, dw_items: Any, d_scores: Any, b
     With ``Q`` a group's weighted sum of its members' weight cotangents and
     ``D`` the product of the weights a group receives from later rounds, the
     cotangent of a pair weight is ``D * Q + sigma * s`` (``sigma`` being the
-    cotangent of the merged score). ``Q`` is built bottom-up, ``D`` and
-    ``sigma`` top-down.
+    cotangent of the merged score), so a pair needs only
+    ``dL/dw_hi - dL/dw_lo = D * (Q_hi - Q_lo) + sigma * (s_hi - s_lo)``.
+    ``Q`` is built bottom-up, ``D`` and ``sigma`` top-down. Both directions
+    work in each round's sort order, where a member's weight is at its own
+    place (``sorted_weights``): one gather per round for ``Q``, one scatter
+    (shared by ``sigma`` and ``D``) per round back.
     """
-    Qs = []
+    dQs = []
     Q = dw_items
     for rd in sel.rounds:
-        q_hi = take_along_last(xp, Q, rd.hi)
-        q_lo = take_along_last(xp, Q, rd.lo)
-        Qs.append((q_hi, q_lo))
-        Q = rd.w_hi * q_hi + rd.w_lo * q_lo
+        h = rd.order.shape[-1] // 2
+        q = take_along_last(xp, Q, rd.order)
+        weighted = q * rd.sorted_weights
+        Q = weighted[:, :h] + xp.flip(weighted[:, h:], axis=-1)  # w_hi * Q_hi + w_lo * Q_lo
+        dQs.append(q[:, :h] - xp.flip(q[:, h:], axis=-1))
     sigma = d_scores
     D = xp.ones_like(d_scores)
-    for rd, (q_hi, q_lo) in zip(reversed(sel.rounds), reversed(Qs), strict=True):
-        dw_hi = D * q_hi + sigma * rd.s_hi
-        dw_lo = D * q_lo + sigma * rd.s_lo
-        ds_hi, ds_lo = _pair_weight_grad(xp, rd, dw_hi - dw_lo, boost, weighting)
-        sigma, D = (
-            _unsort(xp, sigma * rd.w_hi + ds_hi, sigma * rd.w_lo + ds_lo, rd),
-            _unsort(xp, D * rd.w_hi, D * rd.w_lo, rd),
+    for rd, dQ in zip(reversed(sel.rounds), reversed(dQs), strict=True):
+        ds_hi, ds_lo = _pair_weight_grad(xp, rd, D * dQ + sigma * rd.gap, boost, weighting)
+        sigma, D = unsort_many(
+            xp,
+            [
+                _sorted_layout(xp, sigma, sigma) * rd.sorted_weights + _sorted_layout(xp, ds_hi, ds_lo),
+                _sorted_layout(xp, D, D) * rd.sorted_weights,
+            ],
+            rd.order,
         )
     return sigma
 

@@ -6,6 +6,7 @@ results (``tests/test_fast_paths.py``).
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from ._array_api import device, is_cupy_array, is_numpy_array, is_torch_array
@@ -23,15 +24,25 @@ def unsort(xp: Any, values: Any, perm: Any) -> Any:
     The Array API has no scatter, so the neutral version sorts (O(M log M));
     NumPy, CuPy and PyTorch scatter instead (O(M)).
     """
+    return unsort_many(xp, [values], perm)[0]
+
+
+def unsort_many(xp: Any, values: list[Any], perm: Any) -> list[Any]:
+    """:func:`unsort` of several (B, M) arrays by the same ``perm``, the index work done once."""
     B, M = perm.shape
     if is_torch_array(perm):
-        return values.new_empty(values.shape).scatter_(-1, perm, values)
+        return [v.new_empty(v.shape).scatter_(-1, perm, v) for v in values]
     if is_numpy_array(perm) or is_cupy_array(perm):
         lib = __import__(type(perm).__module__.split(".")[0])  # numpy or cupy: same indexing API
-        out = lib.empty(values.shape, dtype=values.dtype)
-        out.reshape(-1)[(perm + (lib.arange(B, dtype=perm.dtype) * M)[:, None]).reshape(-1)] = values.reshape(-1)
-        return out
-    return take_along_last(xp, values, neutral_inverse_permutation(xp, perm))
+        flat = (perm + (lib.arange(B, dtype=perm.dtype) * M)[:, None]).reshape(-1)
+        outs = []
+        for v in values:
+            out = lib.empty(v.shape, dtype=v.dtype)
+            out.reshape(-1)[flat] = v.reshape(-1)
+            outs.append(out)
+        return outs
+    inv = neutral_inverse_permutation(xp, perm)
+    return [take_along_last(xp, v, inv) for v in values]
 
 
 def neutral_inverse_permutation(xp: Any, perm: Any) -> Any:
@@ -45,20 +56,33 @@ def argsort_descending(xp: Any, s: Any, *, nearly_sorted: bool = False) -> Any:
     Ties keep the lower position first; ``s`` holds no NaN. NumPy fast paths
     (same permutation as the stable sort): ``nearly_sorted`` rows (the merged
     scores of every round after the first, which mostly follow pair order) go
-    to NumPy's adaptive stable sort (timsort, ~10x faster on such rows);
-    other float32 rows are packed with their position into unique uint64
-    keys for NumPy's vectorized quicksort (~1.6x faster than timsort).
+    to NumPy's adaptive stable sort (timsort, ~10x faster on such rows; the
+    packed keys below are no faster there, measured). Other float32 rows are
+    packed with their position into unique uint64 keys, which NumPy *sorts*
+    (not argsorts) with its vectorized quicksort -- unique keys make any sort
+    the stable one -- and the positions are read back from the low 32 bits:
+    ~2.5x faster than an argsort of the same keys, ~5x faster than timsort.
     """
     if is_numpy_array(s):
         import numpy as np
 
-        if nearly_sorted or s.dtype != np.float32:
+        B, M = s.shape
+        packable = s.dtype == np.float32 and M <= 1 << 32 and sys.byteorder == "little" and np.intp().itemsize == 8
+        if nearly_sorted or not packable:
             return np.argsort(-s, axis=-1, kind="stable")
-        bits = (s + np.float32(0.0)).view(np.uint32)  # + 0.0 turns -0.0 into 0.0
-        ascending = np.where(bits >> np.uint32(31), ~bits, bits | np.uint32(0x80000000))
-        key = (~ascending).astype(np.uint64) << np.uint64(32)
-        key |= np.arange(s.shape[-1], dtype=np.uint64)
-        return np.argsort(key, axis=-1)
+        # Order-preserving map of -s to uint32: flip every bit of negatives, the sign bit of
+        # the others (0.0 - s also turns -0.0 into 0.0, so signed zeros tie).
+        neg = np.subtract(np.float32(0.0), s, dtype=np.float32).view(np.int32)
+        flip = neg >> np.int32(31)
+        flip |= np.int32(-(1 << 31))
+        flip ^= neg
+        key = np.empty((B, M, 2), dtype=np.uint32)  # (low, high) words of a little-endian uint64
+        key[..., 1] = flip.view(np.uint32)
+        key[..., 0] = np.arange(M, dtype=np.uint32)
+        key = key.view(np.uint64)[..., 0]
+        key.sort(axis=-1)
+        key &= np.uint64(0xFFFFFFFF)
+        return key.view(np.intp)
     return neutral_argsort_descending(xp, s)
 
 
@@ -73,13 +97,21 @@ def take_along_last(xp: Any, x: Any, idx: Any) -> Any:
     NumPy's ``take_along_axis`` builds a broadcast fancy index; a flat ``take``
     with batch offsets is 2-3x faster and gives the same result.
     """
-    if is_numpy_array(x):
+    return take_along_last_many(xp, [x], idx)[0]
+
+
+def take_along_last_many(xp: Any, xs: list[Any], idx: Any) -> list[Any]:
+    """:func:`take_along_last` of several (B, N) arrays by the same ``idx``; on NumPy the
+    flat index is computed once for all arrays of the first one's shape."""
+    if is_numpy_array(idx) and all(is_numpy_array(x) for x in xs):
         import numpy as np
 
-        B, N = x.shape
-        flat = idx + (np.arange(B, dtype=idx.dtype) * N)[:, None]
-        return np.take(x.reshape(-1), flat)
-    return xp.take_along_axis(x, idx, axis=-1)
+        def flat_index(N: int) -> Any:
+            return idx + (np.arange(idx.shape[0], dtype=idx.dtype) * N)[:, None]
+
+        shared = flat_index(xs[0].shape[-1]) if xs else None
+        return [np.take(x.reshape(-1), shared if x.shape == xs[0].shape else flat_index(x.shape[-1])) for x in xs]
+    return [xp.take_along_axis(x, idx, axis=-1) for x in xs]
 
 
 def all_true_on_host(xp: Any, x: Any) -> bool | None:
@@ -91,4 +123,12 @@ def all_true_on_host(xp: Any, x: Any) -> bool | None:
     """
     if is_numpy_array(x) or (is_torch_array(x) and x.device.type == "cpu"):
         return bool(xp.all(x))
+    return None
+
+
+def all_finite_on_host(xp: Any, x: Any) -> bool | None:
+    """``bool(all(isfinite(x)))`` for NumPy arrays and CPU tensors, else None (no device sync,
+    and no work at all off the host)."""
+    if is_numpy_array(x) or (is_torch_array(x) and x.device.type == "cpu"):
+        return bool(xp.all(xp.isfinite(x)))
     return None

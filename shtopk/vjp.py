@@ -65,7 +65,9 @@ def _with_pullback(op: Any, inp: Inputs) -> tuple[TopK, Pullback]:
         if d_scores is not None:
             _check_cotangent(xp, d_scores, "d_scores", out.scores, inp.E)
             d_scores = xp.reshape(d_scores, (B, k))
-        dE, dv = op.backward(flat, saved, xp.reshape(xp.astype(d_values, inp.E.dtype), (B, k, d)), d_scores)
+        # copy=False: the backward passes only read the cotangent (a copy cost 2 ms at k=1024, d=256)
+        d_values = xp.reshape(xp.astype(d_values, inp.E.dtype, copy=False), (B, k, d))
+        dE, dv = op.backward(flat, saved, d_values, d_scores)
         return xp.reshape(dE, tuple(inp.E.shape)), xp.reshape(dv, tuple(inp.v.shape))
 
     return out, pullback

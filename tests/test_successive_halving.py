@@ -243,3 +243,42 @@ def test_empty_batch(backend):
     for fn in (shtopk.successive_halving_topk, shtopk.hard_topk, shtopk.iterative_softmax_topk):
         out = fn(backend.asarray(np.zeros((0, 3, 8, 2))), backend.asarray(np.zeros((0, 3, 8))), 3)
         assert tuple(out.values.shape) == (0, 3, 3, 2) and tuple(out.scores.shape) == (0, 3, 3)
+
+
+@pytest.mark.parametrize("weighting,boost", SETTINGS)
+def test_pair_weights_shortcut_for_finite_scores_changes_nothing(rng, weighting, boost):
+    import array_api_compat.numpy as xp
+
+    from shtopk._core.plan import pair_weights
+
+    s = np.sort(rng.uniform(-3, 3, (4, 40)), axis=-1)[:, ::-1]
+    s[0, :4] = s[0, 4]  # ties
+    s_hi, s_lo = s[:, :20], s[:, 20:][:, ::-1]
+    general = pair_weights(xp, s_hi, s_lo, boost, weighting)
+    shortcut = pair_weights(xp, s_hi, s_lo, boost, weighting, all_finite=True)
+    for got, want in zip(shortcut, general, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("n,k", [(64, 8), (70, 3), (16, 16)])
+@pytest.mark.parametrize("weighting,boost", SETTINGS)
+@pytest.mark.parametrize("order", ["score", "input"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_host_shortcuts_give_the_device_plan(rng, n, k, weighting, boost, order, masked):
+    # NumPy takes the host-only shortcuts (finite rounds, all-valid selection, packed sort);
+    # array_api_strict cannot (no host checks): both plans must be identical.
+    import array_api_strict
+
+    from shtopk._api import check_inputs, flatten_inputs, successive_halving_operator
+
+    _, v, mask = make_inputs(rng, (3,), n, masked=masked)
+    v = v.astype(np.float32)
+    op = successive_halving_operator(boost, weighting, order)
+    plans = []
+    for lib in (np, array_api_strict):
+        m = None if mask is None else lib.asarray(mask)
+        flat = flatten_inputs(check_inputs(lib.asarray(np.zeros((3, n, 1), np.float32)), lib.asarray(v), k, m))
+        plans.append(op.plan(flat, record=True))
+    host, device = plans
+    for name in ("indices", "weights", "scores", "slot_of_row", "weight_of_row", "inv_perm"):
+        np.testing.assert_array_equal(getattr(host, name), np.asarray(getattr(device, name)._array), err_msg=name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .._array_api import device, is_half
+from .._array_api import device, is_half, is_numpy_array
 from .._fast import all_true_on_host
 
 #: Bytes of gathered rows processed at a time (measured on a 2-core CPU:
@@ -49,7 +49,19 @@ def gather_sum(xp: Any, indices: Any, weights: Any, scores: Any, E: Any) -> Any:
     Returns
     -------
     array (B, k, d) in the dtype of E, accumulated in at least float32.
+
+    NumPy arrays take the equivalent fast path of :mod:`shtopk._numpy_kernels`;
+    every other library runs :func:`neutral_gather_sum`.
     """
+    if is_numpy_array(E) and is_numpy_array(indices) and is_numpy_array(weights):
+        from .. import _numpy_kernels
+
+        return _numpy_kernels.gather_sum(xp, indices, weights, scores, E)
+    return neutral_gather_sum(xp, indices, weights, scores, E)
+
+
+def neutral_gather_sum(xp: Any, indices: Any, weights: Any, scores: Any, E: Any) -> Any:
+    """The pure Array API :func:`gather_sum`."""
     B, k, P = indices.shape
     n, d = E.shape[-2], E.shape[-1]
     S = B * k

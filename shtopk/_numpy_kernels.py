@@ -1,0 +1,119 @@
+"""NumPy fast paths of the two passes over E: the gather-sum and the rows backward.
+
+The neutral versions (:func:`shtopk._core.apply.gather_sum`,
+:func:`shtopk._backward.rows_backward`) are written against the Array API,
+which has no ``out=`` arguments: every chunk allocates its gathered rows and
+its results, and the backward copies each chunk once more into ``dE``. On
+NumPy these passes are memory bound, so those extra writes and the
+allocations cost as much as the arithmetic. The versions here compute the
+same values with the same operations, chunk by chunk, but write into buffers
+they own (``dE`` itself, or one chunk buffer reused across chunks).
+``tests/test_numpy_kernels.py`` checks that they equal the neutral versions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._core import apply as _apply
+
+
+def _accumulation_dtype(dtype: Any) -> Any:
+    """float16 accumulates in float32, float32/float64 in themselves (as the neutral path)."""
+    return dtype if dtype in (np.float32, np.float64) else np.dtype(np.float32)
+
+
+def rows_backward(
+    xp: Any, d_values: Any, slot_of_row: Any, weight_of_row: Any, E: Any, *, need_dE: bool, need_dw: bool
+) -> tuple[Any, Any]:
+    """NumPy version of :func:`shtopk._backward.rows_backward` (same arguments, same results).
+
+    ``dE[i] = weight_of_row[i] * d_values[slot_of_row[i]]`` and
+    ``dw[i] = <d_values[slot_of_row[i]], E[i]>``, in chunks of rows. When E
+    is float32 or float64 the rows of ``d_values`` are taken straight into
+    the chunk of ``dE`` (which is then scaled in place): no per-chunk
+    temporary and no second copy.
+    """
+    B, n, d = E.shape
+    k = d_values.shape[-2]
+    acc = _accumulation_dtype(E.dtype)
+    slots = (slot_of_row + (np.arange(B, dtype=slot_of_row.dtype) * k)[:, None]).reshape(B * n)
+    w = weight_of_row.astype(acc, copy=False).reshape(B * n, 1)
+    dv2 = d_values.reshape(B * k, d).astype(acc, copy=False)  # small (B, k, d): cast once, not per chunk
+    E2 = E.reshape(B * n, d)
+    dE = np.empty((B * n, d), dtype=E.dtype) if need_dE else None
+    dw = np.empty((B * n,), dtype=acc) if need_dw else None
+    step = _apply.chunk_rows(xp, d, E.dtype)
+    direct = need_dE and E.dtype == acc  # gather straight into dE
+    buf = None if direct else np.empty((min(step, B * n), d), dtype=acc)
+    for a in range(0, B * n, step):
+        b = min(B * n, a + step)
+        G = dE[a:b] if direct else buf[: b - a]
+        # mode="clip": with the default "raise" NumPy gathers into a hidden temporary first
+        # (measured: ~3x slower into a fresh dE); slots are in range by construction
+        np.take(dv2, slots[a:b], axis=0, out=G, mode="clip")
+        if need_dw:
+            dw[a:b] = xp.vecdot(G, E2[a:b].astype(acc, copy=False))
+        if need_dE:
+            np.multiply(G, w[a:b], out=G)
+            if not direct:
+                dE[a:b] = G
+    return (
+        dE.reshape(B, n, d) if need_dE else None,
+        dw.reshape(B, n) if need_dw else None,
+    )
+
+
+def gather_sum(xp: Any, indices: Any, weights: Any, scores: Any, E: Any) -> Any:
+    """NumPy version of :func:`shtopk._core.apply.gather_sum` (same arguments, same results).
+
+    Same chunks and the same ``take`` + batched ``matmul`` per chunk, but the
+    rows are gathered into one buffer reused by every chunk and the weighted
+    sums are written straight into the output (float32/float64 E), instead
+    of fresh arrays per chunk.
+    """
+    B, k, P = indices.shape
+    n, d = E.shape[-2], E.shape[-1]
+    S = B * k
+    acc = _accumulation_dtype(E.dtype)
+    direct = E.dtype == acc  # matmul writes straight into ``out``
+    rows = indices.astype(np.intp, copy=False).reshape(B, k * P) + (np.arange(B, dtype=np.intp) * n)[:, None]
+    rows = rows.reshape(S, P)
+    w = weights.astype(acc, copy=False).reshape(S, P, 1).transpose(0, 2, 1)  # (S, 1, P): a row vector per slot
+    E2 = E.reshape(B * n, d)
+    per_chunk = _apply.chunk_rows(xp, d, E.dtype)
+    p_step = min(P, per_chunk)
+    s_step = max(1, per_chunk // p_step)
+    out = np.empty((S, d), dtype=E.dtype)
+    if S == 0:
+        return out.reshape(B, k, d)
+    taken = np.empty((min(S, s_step) * p_step, d), dtype=E.dtype)
+    gathered = taken if direct else np.empty(taken.shape, dtype=acc)
+    total = None if direct else np.empty((min(S, s_step), 1, d), dtype=acc)
+    part = np.empty((min(S, s_step), 1, d), dtype=acc) if P > p_step else None
+    for a in range(0, S, s_step):
+        b = min(S, a + s_step)
+        acc_rows = out[a:b, None, :] if direct else total[: b - a]
+        for p0 in range(0, P, p_step):
+            p1 = min(P, p0 + p_step)
+            m = (b - a) * (p1 - p0)
+            # mode="clip": with the default "raise" NumPy gathers into a hidden temporary first;
+            # the rows are in range by construction
+            np.take(E2, rows[a:b, p0:p1].reshape(m), axis=0, out=taken[:m], mode="clip")
+            if not direct:
+                gathered[:m] = taken[:m]  # half precision: accumulate in float32, as the neutral path
+            G = gathered[:m].reshape(b - a, p1 - p0, d)
+            if p0 == 0:
+                np.matmul(w[a:b, :, p0:p1], G, out=acc_rows)
+            else:
+                np.matmul(w[a:b, :, p0:p1], G, out=part[: b - a])
+                acc_rows += part[: b - a]
+        if not direct:
+            out[a:b] = total[: b - a, 0, :]
+    # slots without any valid member are zero (their member rows were read as row 0 of the batch)
+    surplus = (scores == -np.inf).reshape(S)
+    if surplus.any():
+        out[surplus] = 0.0
+    return out.reshape(B, k, d)
