@@ -120,11 +120,20 @@ def test_manual_vjp_equals_autograd_and_finite_differences(rng, name, kw, n, k):
         o = fn(E_, v_, k, mask=mask, **kw)
         return float((o.values * d_values).sum() + (np.where(np.isfinite(o.scores), o.scores, 0) * d_scores).sum())
 
-    for _ in range(2):
+    # The sort orders (and, for order="input", the output order) are piecewise constant: a
+    # direction whose step crosses a change of order is not differentiable there. Such a step
+    # shows as one-sided differences that disagree; it is skipped for a fresh direction.
+    eps, checked = 1e-6, 0
+    for _ in range(10):
         tE, tv = rng.normal(size=E.shape), rng.normal(size=v.shape) * mask
-        eps = 1e-6
-        fd = (objective(E + eps * tE, v + eps * tv) - objective(E - eps * tE, v - eps * tv)) / (2 * eps)
-        assert fd == pytest.approx(float((dE * tE).sum() + (dv * tv).sum()), rel=1e-5, abs=1e-7)
+        f0, fp, fm = objective(E, v), objective(E + eps * tE, v + eps * tv), objective(E - eps * tE, v - eps * tv)
+        if abs((fp - f0) - (f0 - fm)) > 1e-3 * eps * (1 + abs(fp - f0) / eps):
+            continue
+        assert (fp - fm) / (2 * eps) == pytest.approx(float((dE * tE).sum() + (dv * tv).sum()), rel=1e-5, abs=1e-7)
+        checked += 1
+        if checked == 2:
+            break
+    assert checked == 2
 
 
 @pytest.mark.parametrize("name,kw", CASES)
@@ -179,9 +188,11 @@ def test_half_precision_forward_and_backward_are_finite(rng, dtype, name, kw):
     (values.float().square().sum() + torch.where(scores.isfinite(), scores, 0).float().sum()).backward()
     assert Et.grad.dtype == half and vt.grad.dtype == half
     assert torch.isfinite(Et.grad).all() and torch.isfinite(vt.grad).all()
-    # close to the float64 result on the same (rounded) inputs
-    ref = PUBLIC_FUNCTIONS[name](Et.detach().double(), vt.detach().double(), 8, mask=torch.tensor(mask), **kw)
-    torch.testing.assert_close(values.double(), ref.values, atol=0.02, rtol=0.02)
+    # Half-precision inputs are computed in float32: the float32 result on the same (rounded)
+    # inputs takes the same tournament, so only the rounding of the outputs differs. (A float64
+    # reference could break near-ties of merged scores differently and pair other items.)
+    ref = PUBLIC_FUNCTIONS[name](Et.detach().float(), vt.detach().float(), 8, mask=torch.tensor(mask), **kw)
+    torch.testing.assert_close(values.float(), ref.values, atol=0.02, rtol=0.02)
 
 
 @pytest.mark.parametrize("weighting,boost", [("softmax", 1e6), ("power", 1e6), ("power", 20.0)])

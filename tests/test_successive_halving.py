@@ -218,8 +218,10 @@ def test_output_dtypes_follow_inputs(backend, rng, e_dtype, v_dtype):
     assert out.scores.dtype == backend.dtype(v_dtype)
     p = shtopk.plan(backend.asarray(v, v_dtype), 3)
     assert p.weights.dtype == backend.dtype("float64" if v_dtype == "float64" else "float32")
+    # the reference sees the same rounded inputs; what is left is the compute and output precision
+    E, v = E.astype(e_dtype), v.astype(v_dtype)
     ref_values, ref_scores, _ = loop_successive_halving(E, v, 3, boost=shtopk.DEFAULT_BOOST)
-    tol = 1e-2 if "float16" in (e_dtype, v_dtype) else 1e-5
+    tol = 3e-3 if "float16" in (e_dtype, v_dtype) else 1e-5
     np.testing.assert_allclose(backend.to_numpy(out.values), ref_values, atol=tol)
     np.testing.assert_allclose(backend.to_numpy(out.scores), ref_scores, atol=tol)
 
