@@ -66,6 +66,35 @@ def rows_backward(
     )
 
 
+#: Up to this many output rows, a plan that reads every row of E is applied as one dense
+#: (k, n) @ (n, d) product per batch row: E is then streamed in order instead of gathered
+#: row by row. Measured (batch 16, n = 4096, d = 256, float32), in units of reading E
+#: once: k = 2: 1.4 vs 2.6 for the gather; k = 8: 1.2 vs 1.6; k = 16: 1.8 vs 1.6.
+DENSE_MAX_K = 8
+
+
+def _dense_gather_sum(indices: Any, weights: Any, scores: Any, E: Any) -> Any | None:
+    """The gather-sum as a dense matrix product, or None where it would differ.
+
+    A dense product multiplies every row of E, also rows the plan never names
+    (masked rows, whose values may be anything, NaN included); it is used only
+    when every row of E is a member of some output row and no output row is a
+    surplus one, so it reads exactly the rows the gather reads. Repeated
+    indices add up, as in the gather.
+    """
+    B, k, P = indices.shape
+    n = E.shape[-2]
+    if (scores == -np.inf).any():
+        return None
+    rows = indices.astype(np.intp, copy=False).reshape(B, k * P) + (np.arange(B, dtype=np.intp) * n)[:, None]
+    if not np.bincount(rows.reshape(-1), minlength=B * n).all():
+        return None
+    cells = rows + (np.arange(B, dtype=np.intp) * (k - 1) * n)[:, None]  # (b, i) -> b*k*n + i ...
+    cells += np.repeat(np.arange(k, dtype=np.intp) * n, P)[None, :]  # ... + j*n for slot j
+    dense = np.bincount(cells.reshape(-1), weights=weights.reshape(-1), minlength=B * k * n)
+    return np.matmul(dense.astype(E.dtype, copy=False).reshape(B, k, n), E)
+
+
 def gather_sum(xp: Any, indices: Any, weights: Any, scores: Any, E: Any) -> Any:
     """NumPy version of :func:`shtopk._core.apply.gather_sum` (same arguments, same results).
 
@@ -79,6 +108,10 @@ def gather_sum(xp: Any, indices: Any, weights: Any, scores: Any, E: Any) -> Any:
     S = B * k
     acc = _accumulation_dtype(E.dtype)
     direct = E.dtype == acc  # matmul writes straight into ``out``
+    if direct and 0 < k <= DENSE_MAX_K and P > 1:
+        out = _dense_gather_sum(indices, weights, scores, E)
+        if out is not None:
+            return out
     rows = indices.astype(np.intp, copy=False).reshape(B, k * P) + (np.arange(B, dtype=np.intp) * n)[:, None]
     rows = rows.reshape(S, P)
     w = weights.astype(acc, copy=False).reshape(S, P, 1).transpose(0, 2, 1)  # (S, 1, P): a row vector per slot
