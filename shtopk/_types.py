@@ -16,6 +16,14 @@ class TopK(NamedTuple):
         Their scores, in the array library, device and dtype of ``v``.
         Output rows without any valid member have score ``-inf`` (and a zero
         vector in ``values``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import shtopk
+    >>> values, scores = shtopk.hard_topk(np.eye(3), np.array([0.2, 0.7, 0.5]), 2)
+    >>> scores
+    array([0.7, 0.5])
     """
 
     values: Any
@@ -42,6 +50,16 @@ class Plan(NamedTuple):
     scores : float array, shape (..., k)
         The output scores, in the dtype of ``v``; ``-inf`` marks rows without
         any valid member.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import shtopk
+    >>> p = shtopk.plan(np.array([0.1, 0.9, 0.3, 0.8, 0.5]), 2, boost=1e6)
+    >>> p.indices.shape  # 2 output rows of 2**R = 4 members (n = 5 padded to 8)
+    (2, 4)
+    >>> p.indices[:, 0], p.weights[:, 0]  # each row's best member, with all the weight
+    (array([1, 3]), array([1., 1.]))
     """
 
     indices: Any

@@ -24,7 +24,21 @@ __all__ = ["OperatorFunction", "SuccessiveHalvingTopK"]
 
 
 class OperatorFunction(torch.autograd.Function):
-    """Autograd wrapper: forward with the neutral core, backward with the manual VJP."""
+    """Autograd wrapper: forward with the neutral core, backward with the manual VJP.
+
+    The plain functions use it for tensors that require grad; it saves E and
+    the plan (a few numbers per item), and its backward computes only the
+    gradients that are needed. Once differentiable (no double backward).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import shtopk
+    >>> E = torch.randn(10, 3, requires_grad=True)
+    >>> out = shtopk.successive_halving_topk(E, torch.randn(10), 2)
+    >>> type(out.values.grad_fn).__name__
+    'OperatorFunctionBackward'
+    """
 
     @staticmethod
     def forward(ctx: Any, E: torch.Tensor, v: torch.Tensor, op: Any, inp: Inputs) -> tuple[torch.Tensor, torch.Tensor]:

@@ -91,16 +91,57 @@ def successive_halving_topk(
     mask: Any = None,
     order: str = "score",
 ) -> tuple[TopK, Pullback]:
-    """:func:`shtopk.successive_halving_topk` with its pullback ``(d_values, d_scores=None) -> (dE, dv)``."""
+    """:func:`shtopk.successive_halving_topk` with its pullback ``(d_values, d_scores=None) -> (dE, dv)``.
+
+    Arguments as in :func:`shtopk.successive_halving_topk`. The pullback maps
+    the cotangents of ``(values, scores)`` to those of ``(E, v)``; it can be
+    called several times.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from shtopk import vjp
+    >>> E, v = np.eye(4), np.array([0.1, 0.9, 0.3, 0.8])
+    >>> out, pullback = vjp.successive_halving_topk(E, v, 2, boost=5.0)
+    >>> dE, dv = pullback(np.zeros((2, 4)), d_scores=np.array([1.0, 0.0]))  # d(scores[0])
+    >>> int(np.argmax(dv))  # raising the best score raises the first output score most
+    1
+    """
     op = successive_halving_operator(boost, weighting, order)
     return _with_pullback(op, check_inputs(E, v, k, mask))
 
 
 def hard_topk(E: Any, v: Any, k: int, /, *, mask: Any = None, order: str = "score") -> tuple[TopK, Pullback]:
-    """:func:`shtopk.hard_topk` with its pullback ``(d_values, d_scores=None) -> (dE, dv)``."""
+    """:func:`shtopk.hard_topk` with its pullback ``(d_values, d_scores=None) -> (dE, dv)``.
+
+    The selected rows receive the cotangents of their output rows; the others 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from shtopk import vjp
+    >>> out, pullback = vjp.hard_topk(np.eye(3), np.array([0.2, 0.7, 0.5]), 1)
+    >>> dE, dv = pullback(np.ones((1, 3)), np.ones(1))
+    >>> dE
+    array([[0., 0., 0.],
+           [1., 1., 1.],
+           [0., 0., 0.]])
+    >>> dv
+    array([0., 1., 0.])
+    """
     return _with_pullback(hard_operator(order), check_inputs(E, v, k, mask))
 
 
 def iterative_softmax_topk(E: Any, v: Any, k: int, /, *, alpha: float = 1.0, mask: Any = None) -> tuple[TopK, Pullback]:
-    """:func:`shtopk.iterative_softmax_topk` with its pullback ``(d_values, d_scores=None) -> (dE, dv)``."""
+    """:func:`shtopk.iterative_softmax_topk` with its pullback ``(d_values, d_scores=None) -> (dE, dv)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from shtopk import vjp
+    >>> out, pullback = vjp.iterative_softmax_topk(np.eye(3), np.array([0.0, 0.5, 1.0]), 2)
+    >>> dE, dv = pullback(np.ones((2, 3)))
+    >>> dE.sum(axis=-1).round(3)  # each row of E enters each output with its probability
+    array([1.828, 2.775, 1.398])
+    """
     return _with_pullback(iterative_operator(alpha), check_inputs(E, v, k, mask))
