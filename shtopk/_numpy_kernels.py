@@ -20,11 +20,6 @@ import numpy as np
 from ._core import apply as _apply
 
 
-def _accumulation_dtype(dtype: Any) -> Any:
-    """float16 accumulates in float32, float32/float64 in themselves (as the neutral path)."""
-    return dtype if dtype in (np.float32, np.float64) else np.dtype(np.float32)
-
-
 def rows_backward(
     xp: Any, d_values: Any, slot_of_row: Any, weight_of_row: Any, E: Any, *, need_dE: bool, need_dw: bool
 ) -> tuple[Any, Any]:
@@ -38,7 +33,7 @@ def rows_backward(
     """
     B, n, d = E.shape
     k = d_values.shape[-2]
-    acc = _accumulation_dtype(E.dtype)
+    acc = np.dtype(_apply.accumulation_dtype(xp, E.dtype))
     slots = (slot_of_row + (np.arange(B, dtype=slot_of_row.dtype) * k)[:, None]).reshape(B * n)
     w = weight_of_row.astype(acc, copy=False).reshape(B * n, 1)
     dv2 = d_values.reshape(B * k, d).astype(acc, copy=False)  # small (B, k, d): cast once, not per chunk
@@ -106,7 +101,7 @@ def gather_sum(xp: Any, indices: Any, weights: Any, scores: Any, E: Any) -> Any:
     B, k, P = indices.shape
     n, d = E.shape[-2], E.shape[-1]
     S = B * k
-    acc = _accumulation_dtype(E.dtype)
+    acc = np.dtype(_apply.accumulation_dtype(xp, E.dtype))
     direct = E.dtype == acc  # matmul writes straight into ``out``
     if direct and 0 < k <= DENSE_MAX_K and P > 1:
         out = _dense_gather_sum(indices, weights, scores, E)
