@@ -6,9 +6,9 @@ import math
 from typing import Any
 
 from ._array_api import is_torch_array
-from ._core.apply import gather_sum
 from ._core.flat import Flat, flatten
 from ._core.metric import nccs as _nccs
+from ._kernels import gather_sum
 from ._operators import HardTopK, IterativeSoftmax, SuccessiveHalving
 from ._types import Plan, TopK
 from ._validation import (

@@ -18,61 +18,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._array_api import device, is_numpy_array
-from ._core.apply import accumulation_dtype, batch_offsets, chunk_rows
+from ._core.apply import accumulation_dtype
 from ._core.baseline import BaselineState, distributions, step_chunks
 from ._core.flat import Flat, nan_factor
 from ._core.plan import Round, Selection
 from ._fast import take_along_last, unsort_many
-
-
-def rows_backward(
-    xp: Any, d_values: Any, selection: Selection, E: Any, *, need_dE: bool, need_dw: bool
-) -> tuple[Any, Any]:
-    """E-side backward of a gather-sum whose rows each land in one slot.
-
-    Returns ``dE`` (B, n, d) in E's dtype (or None) and ``dw`` (B, n), the
-    cotangent of each row's weight, in the accumulation dtype (or None).
-    NumPy arrays take the equivalent fast path of :mod:`._numpy_kernels`;
-    every other library runs :func:`neutral_rows_backward`.
-    """
-    if is_numpy_array(E) and is_numpy_array(d_values):
-        from . import _numpy_kernels
-
-        return _numpy_kernels.rows_backward(
-            xp, d_values, selection.slot_of_row, selection.weight_of_row, E, need_dE=need_dE, need_dw=need_dw
-        )
-    return neutral_rows_backward(
-        xp, d_values, selection.slot_of_row, selection.weight_of_row, E, need_dE=need_dE, need_dw=need_dw
-    )
-
-
-def neutral_rows_backward(
-    xp: Any, d_values: Any, slot_of_row: Any, weight_of_row: Any, E: Any, *, need_dE: bool, need_dw: bool
-) -> tuple[Any, Any]:
-    """The pure Array API :func:`rows_backward` (on the row layout of a selection)."""
-    B, n, d = E.shape
-    k = d_values.shape[-2]
-    acc = accumulation_dtype(xp, E.dtype)
-    slots = xp.reshape(slot_of_row + batch_offsets(xp, B, k, slot_of_row), (B * n,))
-    w = xp.reshape(xp.astype(weight_of_row, acc), (B * n, 1))
-    dv2 = xp.reshape(d_values, (B * k, d))
-    E2 = xp.reshape(E, (B * n, d))
-    dE = xp.empty((B * n, d), dtype=E.dtype, device=device(E)) if need_dE else None
-    dw = xp.empty((B * n,), dtype=acc, device=device(E)) if need_dw else None
-    step = chunk_rows(xp, d, E.dtype)
-    for a in range(0, B * n, step):
-        b = min(B * n, a + step)
-        G = xp.astype(xp.take(dv2, slots[a:b], axis=0), acc, copy=False)  # a fresh chunk: ours to modify
-        if need_dw:
-            dw[a:b] = xp.vecdot(G, xp.astype(E2[a:b, ...], acc, copy=False))
-        if need_dE:
-            G *= w[a:b, ...]  # in place: a temporary per chunk costs ~2x here (measured, NumPy)
-            dE[a:b, ...] = xp.astype(G, E.dtype, copy=False)
-    return (
-        xp.reshape(dE, (B, n, d)) if need_dE else None,
-        xp.reshape(dw, (B, n)) if need_dw else None,
-    )
+from ._kernels import rows_backward
 
 
 def _zeros_scores(xp: Any, flat: Flat, k: int) -> Any:
@@ -157,7 +108,7 @@ def selection_backward(
     B, n, k = flat.B, flat.n, flat.k
     d_scores = _zeros_scores(xp, flat, k) if d_scores is None else xp.astype(d_scores, flat.s.dtype)
     need_dw = need_dv and tournament is not None
-    dE, dw = rows_backward(xp, d_values, sel, flat.E, need_dE=need_dE, need_dw=need_dw)
+    dE, dw = rows_backward(xp, d_values, sel.slot_of_row, sel.weight_of_row, flat.E, need_dE=need_dE, need_dw=need_dw)
     if not need_dv:
         return dE, None
     if tournament is None:

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._backward import baseline_backward, selection_backward
-from ._core.apply import gather_sum
 from ._core.baseline import iterative_forward
 from ._core.flat import Flat
 from ._core.hard import hard_selection
 from ._core.plan import tournament
+from ._kernels import gather_sum
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 
 import shtopk._core.apply as apply_module
-from shtopk import _numpy_kernels
 from shtopk._api import check_inputs, flatten_inputs, successive_halving_operator
-from shtopk._backward import neutral_rows_backward
-from shtopk._core.apply import neutral_gather_sum
+from shtopk._core.apply import neutral_gather_sum, neutral_rows_backward
+from shtopk._kernels import numpy_ops as _numpy_kernels
 
 # The chunked kernels do the neutral path's operations in its order (bit for bit on the machines
 # measured); the dense path for k <= DENSE_MAX_K sums each output row in another order, so the

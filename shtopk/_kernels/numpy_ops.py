@@ -1,14 +1,14 @@
 """NumPy fast paths of the two passes over E: the gather-sum and the rows backward.
 
-The neutral versions (:func:`shtopk._core.apply.gather_sum`,
-:func:`shtopk._backward.rows_backward`) are written against the Array API,
+The neutral versions (:func:`shtopk._core.apply.neutral_gather_sum`,
+:func:`shtopk._backward.neutral_rows_backward`) are written against the Array API,
 which has no ``out=`` arguments: every chunk allocates its gathered rows and
 its results, and the backward copies each chunk once more into ``dE``. On
 NumPy these passes are memory bound, so those extra writes and the
 allocations cost as much as the arithmetic. The versions here compute the
 same values with the same operations, chunk by chunk, but write into buffers
 they own (``dE`` itself, or one chunk buffer reused across chunks).
-``tests/test_numpy_kernels.py`` checks that they equal the neutral versions.
+``tests/test_kernels_numpy.py`` checks that they equal the neutral versions.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from ._core import apply as _apply
+from .._core import apply as _apply
 
 
 def rows_backward(
     xp: Any, d_values: Any, slot_of_row: Any, weight_of_row: Any, E: Any, *, need_dE: bool, need_dw: bool
 ) -> tuple[Any, Any]:
-    """NumPy version of :func:`shtopk._backward.rows_backward` (same arguments, same results).
+    """NumPy version of :func:`shtopk._backward.neutral_rows_backward` (same arguments, same results).
 
     ``dE[i] = weight_of_row[i] * d_values[slot_of_row[i]]`` and
     ``dw[i] = <d_values[slot_of_row[i]], E[i]>``, in chunks of rows. When E
@@ -91,7 +91,7 @@ def _dense_gather_sum(indices: Any, weights: Any, scores: Any, E: Any) -> Any | 
 
 
 def gather_sum(xp: Any, indices: Any, weights: Any, scores: Any, E: Any) -> Any:
-    """NumPy version of :func:`shtopk._core.apply.gather_sum` (same arguments, same results).
+    """NumPy version of :func:`shtopk._core.apply.neutral_gather_sum` (same arguments, same results).
 
     Same chunks and the same ``take`` + batched ``matmul`` per chunk, but the
     rows are gathered into one buffer reused by every chunk and the weighted

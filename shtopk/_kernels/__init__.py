@@ -1,0 +1,70 @@
+"""The kernels layer: the one place that picks an implementation of each pass.
+
+The neutral core (:mod:`shtopk._core`) is written once against the Array API
+and runs on any library; it is the fallback and the reference. For the passes
+that dominate the cost, faster implementations exist for some libraries, and
+:func:`engine` chooses among them per call, from the arrays at hand:
+
+``"numpy"``
+    NumPy arrays: NumPy calls that write into buffers they own
+    (:mod:`.numpy_ops`).
+``"neutral"``
+    Everything else: the pure Array API core.
+
+The environment variable ``SHTOPK_KERNELS`` restricts the choice, for tests
+and benchmarks: ``auto`` (the default) takes the fastest available,
+``neutral`` always runs the Array API core, and naming an engine allows only
+that engine (falling back to the neutral core where it does not apply).
+
+Every dispatch function has the signature of its neutral counterpart in
+:mod:`shtopk._core` and returns the same values (to float rounding).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .._array_api import is_numpy_array
+from .._core.apply import neutral_gather_sum, neutral_rows_backward
+
+ENGINES = ("numpy", "neutral")
+
+
+def _allowed() -> str:
+    choice = os.environ.get("SHTOPK_KERNELS", "auto").strip().lower() or "auto"
+    if choice != "auto" and choice not in ENGINES:
+        raise ValueError(f"SHTOPK_KERNELS must be 'auto' or one of {', '.join(ENGINES)}; got {choice!r}")
+    return choice
+
+
+def engine(*arrays: Any) -> str:
+    """The engine that serves these arrays (all from one library and device)."""
+    allowed = _allowed()
+    if allowed == "neutral":
+        return "neutral"
+    if all(is_numpy_array(x) for x in arrays) and allowed in ("auto", "numpy"):
+        return "numpy"
+    return "neutral"
+
+
+def gather_sum(xp: Any, indices: Any, weights: Any, scores: Any, E: Any) -> Any:
+    """``out[b, j] = sum_r weights[b, j, r] * E[b, indices[b, j, r]]``; see
+    :func:`shtopk._core.apply.neutral_gather_sum`."""
+    if engine(indices, weights, scores, E) == "numpy":
+        from . import numpy_ops
+
+        return numpy_ops.gather_sum(xp, indices, weights, scores, E)
+    return neutral_gather_sum(xp, indices, weights, scores, E)
+
+
+def rows_backward(
+    xp: Any, d_values: Any, slot_of_row: Any, weight_of_row: Any, E: Any, *, need_dE: bool, need_dw: bool
+) -> tuple[Any, Any]:
+    """``(dE, dw)`` of a selection whose rows each land in one slot; see
+    :func:`shtopk._core.apply.neutral_rows_backward`."""
+    if engine(d_values, slot_of_row, weight_of_row, E) == "numpy":
+        from . import numpy_ops
+
+        return numpy_ops.rows_backward(xp, d_values, slot_of_row, weight_of_row, E, need_dE=need_dE, need_dw=need_dw)
+    return neutral_rows_backward(xp, d_values, slot_of_row, weight_of_row, E, need_dE=need_dE, need_dw=need_dw)
