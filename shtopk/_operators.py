@@ -14,8 +14,7 @@ from ._backward import baseline_backward, selection_backward
 from ._core.baseline import iterative_forward
 from ._core.flat import Flat
 from ._core.hard import hard_selection
-from ._core.plan import tournament
-from ._kernels import gather_sum
+from ._kernels import gather_sum, tournament
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,9 @@ from typing import Any
 
 from .._array_api import is_numpy_array
 from .._core.apply import neutral_gather_sum, neutral_rows_backward
+from .._core.plan import Selection
+from .._core.plan import tournament as neutral_tournament
+from .._core.plan_backward import neutral_tournament_backward
 
 ENGINES = ("numpy", "neutral")
 
@@ -68,3 +71,25 @@ def rows_backward(
 
         return numpy_ops.rows_backward(xp, d_values, slot_of_row, weight_of_row, E, need_dE=need_dE, need_dw=need_dw)
     return neutral_rows_backward(xp, d_values, slot_of_row, weight_of_row, E, need_dE=need_dE, need_dw=need_dw)
+
+
+def tournament(
+    xp: Any,
+    s: Any,
+    valid: Any,
+    poison: Any,
+    k: int,
+    *,
+    boost: float,
+    weighting: str,
+    order: str,
+    record: bool = False,
+) -> Selection:
+    """The scores-only tournament (the plan); see :func:`shtopk._core.plan.tournament`."""
+    return neutral_tournament(xp, s, valid, poison, k, boost=boost, weighting=weighting, order=order, record=record)
+
+
+def tournament_backward(xp: Any, sel: Selection, dw_items: Any, d_scores: Any, boost: float, weighting: str) -> Any:
+    """Score cotangents of the padded items; see
+    :func:`shtopk._core.plan_backward.neutral_tournament_backward`."""
+    return neutral_tournament_backward(xp, sel, dw_items, d_scores, boost, weighting)
