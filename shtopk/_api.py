@@ -5,18 +5,20 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._array_api import is_torch_array
+from ._array_api import device, is_torch_array, library_name
 from ._core.flat import Flat, flatten
 from ._core.metric import nccs as _nccs
+from ._fast import all_true_on_host
 from ._kernels import gather_sum
 from ._operators import HardTopK, IterativeSoftmax, SuccessiveHalving
-from ._types import Plan, TopK
+from ._types import Plan, PlanTarget, TopK
 from ._validation import (
     ORDERS,
     WEIGHTINGS,
     Inputs,
     check_boost,
     check_choice,
+    check_fits_compute_dtype,
     check_inputs,
     check_positive_real,
     check_real_floating,
@@ -66,8 +68,17 @@ def _needs_torch_autograd(inp: Inputs) -> bool:
     return torch.is_grad_enabled() and (inp.E.requires_grad or inp.v.requires_grad)
 
 
+def check_operator_fits(op: Any, inp: Inputs) -> None:
+    """Reject a ``boost``/``alpha`` beyond the range of the dtype the weights are computed in."""
+    if isinstance(op, SuccessiveHalving):
+        check_fits_compute_dtype(op.boost, "boost", inp.xp, inp.v.dtype)
+    elif isinstance(op, IterativeSoftmax):
+        check_fits_compute_dtype(op.alpha, "alpha", inp.xp, inp.v.dtype)
+
+
 def run_operator(op: Any, inp: Inputs) -> TopK:
     """Run ``op`` forward; torch tensors that require grad go through autograd."""
+    check_operator_fits(op, inp)
     if _needs_torch_autograd(inp):
         from .torch import autograd_run
 
@@ -81,7 +92,6 @@ def successive_halving_topk(
     E: Any,
     v: Any,
     k: int,
-    /,
     *,
     boost: float = DEFAULT_BOOST,
     weighting: str = "softmax",
@@ -157,7 +167,7 @@ def successive_halving_topk(
     return run_operator(successive_halving_operator(boost, weighting, order), check_inputs(E, v, k, mask))
 
 
-def hard_topk(E: Any, v: Any, k: int, /, *, mask: Any = None, order: str = "score") -> TopK:
+def hard_topk(E: Any, v: Any, k: int, *, mask: Any = None, order: str = "score") -> TopK:
     """Exact top-k: the rows of ``E`` with the k highest scores (ties to the lower index).
 
     Items with score ``-inf`` or NaN, or masked out, are never selected; with
@@ -194,7 +204,7 @@ def hard_topk(E: Any, v: Any, k: int, /, *, mask: Any = None, order: str = "scor
     return run_operator(hard_operator(order), check_inputs(E, v, k, mask))
 
 
-def iterative_softmax_topk(E: Any, v: Any, k: int, /, *, alpha: float = 1.0, mask: Any = None) -> TopK:
+def iterative_softmax_topk(E: Any, v: Any, k: int, *, alpha: float = 1.0, mask: Any = None) -> TopK:
     """The iterative softmax top-k baseline (Goyal et al. 2017; the paper's Algorithm 1).
 
     Output row ``i`` is ``p_i @ E`` with score ``p_i @ v``, where
@@ -237,7 +247,6 @@ def iterative_softmax_topk(E: Any, v: Any, k: int, /, *, alpha: float = 1.0, mas
 def plan(
     v: Any,
     k: int,
-    /,
     *,
     boost: float = DEFAULT_BOOST,
     weighting: str = "softmax",
@@ -276,6 +285,7 @@ def plan(
     """
     op = successive_halving_operator(boost, weighting, order)
     inp = check_scores(v, k, mask)
+    check_operator_fits(op, inp)
     flat = flatten_inputs(inp)
     sel = op.plan(flat)
     xp, batch = inp.xp, inp.batch_shape
@@ -284,17 +294,21 @@ def plan(
         xp.reshape(sel.indices, (*batch, inp.k, P)),
         xp.reshape(sel.weights, (*batch, inp.k, P)),
         flat.unflatten_scores(sel.scores),
+        built_for=PlanTarget(inp.n, batch, library_name(v), inp.device),
     )
 
 
-def apply(plan: Plan, E: Any, /) -> TopK:
+def apply(plan: Plan, E: Any) -> TopK:
     """Apply a :class:`Plan` to ``E``: ``values[..., j, :] = sum_r weights[..., j, r] * E[..., indices[..., j, r], :]``.
 
     Parameters
     ----------
     plan : Plan
-        From :func:`plan` (any ``(indices, weights, scores)`` triple of that
-        layout works; indices must lie in ``[0, n)``).
+        From :func:`plan`: E must then have the ``n``, leading dimensions,
+        library and device the plan was built for (checked, ``ValueError``
+        otherwise). A hand-made ``Plan(indices, weights, scores)`` of that
+        layout works too; its indices must lie in ``[0, n)``: checked for
+        host arrays, trusted unchecked on a device.
     E : array, shape (..., n, d)
         Same leading dimensions, library and device as the plan; any real
         floating dtype (half precision accumulates in float32).
@@ -339,6 +353,7 @@ def apply(plan: Plan, E: Any, /) -> TopK:
         raise ValueError(f"E must have shape (*{batch}, n, d), the plan's leading dimensions; got {tuple(E.shape)}")
     k, P = indices.shape[-2], indices.shape[-1]
     n, d = E.shape[-2], E.shape[-1]
+    _check_plan_target(xp, plan, indices, E, n)
     B = math.prod(batch)
     values = gather_sum(
         xp,
@@ -348,6 +363,23 @@ def apply(plan: Plan, E: Any, /) -> TopK:
         xp.reshape(E, (B, n, d)),
     )
     return TopK(xp.reshape(values, (*batch, k, d)), scores)
+
+
+def _check_plan_target(xp: Any, plan: Any, indices: Any, E: Any, n: int) -> None:
+    """E must match what a plan from :func:`plan` was built for (metadata only, no device sync);
+    a hand-made plan's indices are range-checked where that reads host memory only."""
+    target = getattr(plan, "built_for", None)
+    if target is None:
+        in_range = all_true_on_host(xp, (indices >= 0) & (indices < n))
+        if in_range is False:
+            raise ValueError(f"plan.indices must lie in [0, n) = [0, {n}) for E of shape {tuple(E.shape)}")
+        return
+    got = PlanTarget(n, tuple(E.shape[:-2]), library_name(E), device(E))
+    if got != target:
+        raise ValueError(
+            f"the plan was built for n = {target.n}, batch shape {target.batch_shape}, {target.library} on "
+            f"{target.device}; got E with n = {got.n}, batch shape {got.batch_shape}, {got.library} on {got.device}"
+        )
 
 
 def nccs(Y_true: Any, Y_pred: Any) -> Any:
@@ -385,5 +417,10 @@ def nccs(Y_true: Any, Y_pred: Any) -> Any:
         raise ValueError(
             f"Y_true and Y_pred must have shapes (..., k, d) and (..., k', d) with the same d; "
             f"got {tuple(Y_true.shape)} and {tuple(Y_pred.shape)}"
+        )
+    if Y_true.shape[-2] == 0 or Y_pred.shape[-2] == 0:
+        raise ValueError(
+            "Y_true and Y_pred must each hold at least one vector (k >= 1 and k' >= 1; nCCS of an empty set "
+            f"is undefined); got shapes {tuple(Y_true.shape)} and {tuple(Y_pred.shape)}"
         )
     return _nccs(xp, Y_true, Y_pred)

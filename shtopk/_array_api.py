@@ -46,9 +46,10 @@ def library_name(x: Any) -> str:
 
 def is_half(xp: Any, dtype: Any) -> bool:
     """Whether ``dtype`` is a floating dtype narrower than float32 (float16, bfloat16)."""
-    return dtype not in (xp.float32, xp.float64)
+    return xp.finfo(dtype).bits < 32
 
 
 def compute_dtype(xp: Any, dtype: Any) -> Any:
-    """The dtype the tournament weights are computed in: at least float32."""
-    return xp.float64 if dtype == xp.float64 else xp.float32
+    """The dtype the tournament weights are computed in: float64 for float64-like dtypes
+    (also big-endian ``>f8`` and ``longdouble``), float32 otherwise (at least float32)."""
+    return xp.float64 if xp.finfo(dtype).bits > 32 else xp.float32

@@ -18,7 +18,7 @@ from torch.autograd.function import once_differentiable
 
 from ._api import DEFAULT_BOOST, flatten_inputs, run_operator, successive_halving_operator
 from ._types import TopK
-from ._validation import Inputs, check_inputs, check_k
+from ._validation import Inputs, check_inputs, check_positive_int
 
 __all__ = ["OperatorFunction", "SuccessiveHalvingTopK"]
 
@@ -102,7 +102,7 @@ class SuccessiveHalvingTopK(torch.nn.Module):
         self, k: int, *, boost: float = DEFAULT_BOOST, weighting: str = "softmax", order: str = "score"
     ) -> None:
         super().__init__()
-        self.k = check_k(k, n=k)
+        self.k = check_positive_int(k)
         self._op = successive_halving_operator(boost, weighting, order)
 
     @property

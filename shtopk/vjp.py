@@ -27,6 +27,7 @@ from typing import Any
 
 from ._api import (
     DEFAULT_BOOST,
+    check_operator_fits,
     flatten_inputs,
     hard_operator,
     iterative_operator,
@@ -41,6 +42,7 @@ Pullback = Callable[..., tuple[Any, Any]]
 
 
 def _with_pullback(op: Any, inp: Inputs) -> tuple[TopK, Pullback]:
+    check_operator_fits(op, inp)
     flat = flatten_inputs(inp)
     values, scores, saved = op.forward(flat, record=True)
     out = TopK(flat.unflatten_values(values), flat.unflatten_scores(scores))
@@ -84,7 +86,6 @@ def successive_halving_topk(
     E: Any,
     v: Any,
     k: int,
-    /,
     *,
     boost: float = DEFAULT_BOOST,
     weighting: str = "softmax",
@@ -111,7 +112,7 @@ def successive_halving_topk(
     return _with_pullback(op, check_inputs(E, v, k, mask))
 
 
-def hard_topk(E: Any, v: Any, k: int, /, *, mask: Any = None, order: str = "score") -> tuple[TopK, Pullback]:
+def hard_topk(E: Any, v: Any, k: int, *, mask: Any = None, order: str = "score") -> tuple[TopK, Pullback]:
     """:func:`shtopk.hard_topk` with its pullback ``(d_values, d_scores=None) -> (dE, dv)``.
 
     The selected rows receive the cotangents of their output rows; the others 0.
@@ -132,7 +133,7 @@ def hard_topk(E: Any, v: Any, k: int, /, *, mask: Any = None, order: str = "scor
     return _with_pullback(hard_operator(order), check_inputs(E, v, k, mask))
 
 
-def iterative_softmax_topk(E: Any, v: Any, k: int, /, *, alpha: float = 1.0, mask: Any = None) -> tuple[TopK, Pullback]:
+def iterative_softmax_topk(E: Any, v: Any, k: int, *, alpha: float = 1.0, mask: Any = None) -> tuple[TopK, Pullback]:
     """:func:`shtopk.iterative_softmax_topk` with its pullback ``(d_values, d_scores=None) -> (dE, dv)``.
 
     Examples
