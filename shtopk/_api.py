@@ -60,14 +60,6 @@ def flatten_inputs(inp: Inputs) -> Flat:
     return flatten(inp.xp, inp.device, inp.E, inp.v, inp.mask, inp.k)
 
 
-def _needs_torch_autograd(inp: Inputs) -> bool:
-    if not is_torch_array(inp.E):
-        return False
-    import torch
-
-    return torch.is_grad_enabled() and (inp.E.requires_grad or inp.v.requires_grad)
-
-
 def check_operator_fits(op: Any, inp: Inputs) -> None:
     """Reject a ``boost``/``alpha`` beyond the range of the dtype the weights are computed in."""
     if isinstance(op, SuccessiveHalving):
@@ -77,12 +69,13 @@ def check_operator_fits(op: Any, inp: Inputs) -> None:
 
 
 def run_operator(op: Any, inp: Inputs) -> TopK:
-    """Run ``op`` forward; torch tensors that require grad go through autograd."""
+    """Run ``op`` forward; torch tensors go through the custom op ``shtopk::topk`` (with autograd)."""
     check_operator_fits(op, inp)
-    if _needs_torch_autograd(inp):
-        from .torch import autograd_run
+    if is_torch_array(inp.E):
+        # torch: the registered custom op (autograd, torch.compile, torch.func, vmap)
+        from .torch import torch_run
 
-        return autograd_run(op, inp)
+        return torch_run(op, inp)
     flat = flatten_inputs(inp)
     values, scores, _ = op.forward(flat)
     return TopK(flat.unflatten_values(values), flat.unflatten_scores(scores))
