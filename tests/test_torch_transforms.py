@@ -89,14 +89,14 @@ def test_higher_order_gradients_raise_every_time(rng, name):
     fn = OPERATORS[name]
     E.requires_grad_(True)
     v.requires_grad_(True)
-    message = "higher-order gradients .* are not implemented"
+    message = r"higher-order gradients .* are not implemented"
     with pytest.raises(RuntimeError, match=message):
         torch.autograd.functional.hessian(lambda v_: fn(E, v_, 2).values.sum(), v)
     (g,) = torch.autograd.grad(fn(E, v, 2).values.square().sum(), v, create_graph=True)
     assert g.requires_grad  # not a silently detached gradient
     with pytest.raises(RuntimeError, match=message):
         g.sum().backward()
-    with pytest.raises(RuntimeError, match="implement the jvp function .* forward mode AD"):
+    with pytest.raises(RuntimeError, match=r"implement the jvp function .* forward mode AD"):
         torch.func.hessian(lambda v_: fn(E, v_, 2).values.square().sum())(v.detach())
     with pytest.raises(RuntimeError, match=message):
         torch.func.jacrev(torch.func.jacrev(lambda v_: fn(E, v_, 2).values.square().sum()))(v.detach())
