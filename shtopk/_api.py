@@ -114,8 +114,11 @@ def successive_halving_topk(
         How sharply each pair is decided. For ``weighting="softmax"`` the
         constant C > 0 in ``softmax(C * s_i, C * s_j)``; for ``"power"`` the
         base b > 1 in ``softmax(b**s_i, b**s_j)``. Larger values approach
-        :func:`hard_topk` (reached exactly in the limit) with less gradient
-        reaching ``v``. The default suits scores of order 1; see the docs.
+        :func:`hard_topk` (reached in the limit when the deciding scores are
+        distinct; exactly tied scores share their weight equally at any
+        boost) with less gradient reaching ``v``. At most the largest value
+        of the compute dtype (3.4e38 unless v is float64). The default suits
+        scores of order 1; see the docs.
     weighting : {"softmax", "power"}, optional
         ``"softmax"`` is the paper's text; ``"power"`` is the authors'
         released code (with ``boost=20`` it reproduces their published nCCS).
@@ -139,7 +142,10 @@ def successive_halving_topk(
     -----
     The weights are computed in at least float32. A NaN score on an item that
     is not masked out makes every output of its batch row NaN (its place in
-    the tournament is undefined). The sort permutations are constants for
+    the tournament is undefined). Finite input gives finite values and
+    gradients in every dtype (gradients beyond the dtype's range saturate at
+    its largest value); a ``+inf`` score wins its pairs with weight exactly 1
+    (see "NaN and infinity policy" in the docs). The sort permutations are constants for
     differentiation, as in the paper; gradients flow to E and v. For torch
     tensors that require grad, the backward pass is the manual,
     memory-lean one of :mod:`shtopk.vjp`, wrapped in autograd.
@@ -166,7 +172,8 @@ def hard_topk(E: Any, v: Any, k: int, *, mask: Any = None, order: str = "score")
     Items with score ``-inf`` or NaN, or masked out, are never selected; with
     fewer than k valid items the surplus output rows are zero vectors with
     score ``-inf``. A NaN score on a kept item makes its batch row NaN, as in
-    :func:`successive_halving_topk`, which this is the large-boost limit of.
+    :func:`successive_halving_topk`, which this is the large-boost limit of
+    for distinct scores (successive halving never breaks exact ties).
     Gradients (torch autograd or :mod:`shtopk.vjp`) flow to the selected rows
     of E and to their scores.
 

@@ -148,3 +148,22 @@ def test_the_custom_op_passes_torch_opcheck(rng):
             (*args, 3, "successive_halving", 3.0, "softmax", "score", 1.0),
             test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static", "test_aot_dispatch_dynamic"),
         )
+
+
+def test_the_torch_page_examples_run(monkeypatch):
+    """docs/torch.md runs as written (its DDP example only defines its worker: not __main__);
+    torch.compile with the aot_eager backend: the same graph capture without a C++ compiler."""
+    import functools
+    import re
+    from pathlib import Path
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    page = Path(__file__).resolve().parents[1] / "docs" / "torch.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    assert len(blocks) == 4
+    namespace: dict = {"__name__": "torch_page"}
+    torch._dynamo.reset()
+    for block in blocks:
+        exec(compile(block, str(page), "exec"), namespace)  # our own documentation
+    assert namespace["per_example"].shape == (5, 32) and namespace["jacobian"].shape == (4, 32)
+    assert callable(namespace["train"])
