@@ -92,7 +92,7 @@ def baseline_backward(
         # saturate (finite.py): scores near the dtype's range (or +inf) make dS * s0 overflow,
         # and an inf here would meet a probability of exactly 0 (inf * 0 = NaN)
         dp = saturate(xp, xp.astype(xp.matmul(dv_acc[:, i0:i1, :], xp.matrix_transpose(E_acc)), cdt))
-        dp = saturate(xp, dp + saturate(xp, dS * state.s0[:, None, :]))
+        dp = saturate(xp, dp + saturate(xp, dS * saturate(xp, state.s0)[:, None, :]))  # +inf * 0: no NaN
         dz = p * saturate(xp, dp - saturate(xp, xp.sum(p * dp, axis=-1, keepdims=True)))
         # dz/ds = -2 alpha (s - m_i): finite wherever p > 0 (|alpha (s - m_i)| <= sqrt(alpha * 104));
         # where p == 0 the offset may be +-inf and the gradient is exactly 0

@@ -28,7 +28,7 @@ FUNCTIONS = {
 }
 
 
-def gradients(backend, v_np, k, *, dtype="float32", fn="sh", d=3, seed=0, scale=1.0, **kw):
+def gradients(backend, v_np, k, *, dtype="float32", fn="sh", d=3, seed=0, scale=1.0, score_scale=1.0, **kw):
     """Forward and (dE, dv) of ``fn`` for scores ``v_np`` (float64 NumPy), random E and cotangents,
     on ``backend``, all as float64 NumPy; torch also checks autograd against the pullback."""
     rng = np.random.default_rng(seed)
@@ -37,7 +37,7 @@ def gradients(backend, v_np, k, *, dtype="float32", fn="sh", d=3, seed=0, scale=
     E, v = backend.asarray(E_np, dtype), backend.asarray(v_np, dtype)
     out, pullback = FUNCTIONS[fn](E, v, k, **kw)
     dval_np = scale * rng.normal(size=(*v_np.shape[:-1], k, d))
-    dsc_np = scale * rng.normal(size=(*v_np.shape[:-1], k))
+    dsc_np = score_scale * scale * rng.normal(size=(*v_np.shape[:-1], k))
     d_values, d_scores = backend.asarray(dval_np, dtype), backend.asarray(dsc_np, dtype)
     dE, dv = pullback(d_values, d_scores)
     if backend.name.startswith("torch"):
@@ -129,12 +129,13 @@ def test_an_integer_boost_beyond_the_float_range_is_a_value_error():
 
 @pytest.mark.parametrize("fn", ["sh", "iterative", "hard"])
 @pytest.mark.parametrize("k", [1, 2])
-def test_plus_inf_scores_win_with_zero_gradient_to_the_others(backend, fn, k):
+@pytest.mark.parametrize("score_scale", [1.0, 0.0])  # 0: no cotangent on the (+inf) output scores
+def test_plus_inf_scores_win_with_zero_gradient_to_the_others(backend, fn, k, score_scale):
     """The policy (docs/semantics.md): +inf beats every finite score with weight exactly 1;
     such a saturated decision passes no gradient to the scores it decided."""
     v = np.array([0.3, np.inf, -1.0, 2.0, 0.5, 1.0, -0.2, 0.1])
     kw = {"alpha": 1.0} if fn == "iterative" else {}
-    values, scores, dE, dv = gradients(backend, v, k, dtype="float64", fn=fn, **kw)
+    values, scores, dE, dv = gradients(backend, v, k, dtype="float64", fn=fn, score_scale=score_scale, **kw)
     assert_finite(values, dE, dv)
     assert scores[0] == np.inf
     if k == 1:
@@ -208,24 +209,27 @@ def extreme_problems(draw):
     lo_boost = 1e-6 if weighting == "softmax" else 1.0 + 1e-6
     boost = draw(st.sampled_from([lo_boost, 0.5, 1.5, 20.0, 70.0, 1e6, 1e30, top]))
     boost = max(boost, lo_boost)
+    score_scale = draw(st.sampled_from([1.0, 0.0]))  # 0: no cotangent on the output scores
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     pool = np.array([-big, -big / 3, -30.0, -1.0, 0.0, 1.0, 29.0, 35.0, big / 3, big, np.inf, -np.inf])
     v = np.where(rng.random(n) < 0.5, rng.choice(pool, n), rng.uniform(-1, 1, n) * 10.0 ** rng.integers(0, 5, n))
     if draw(st.booleans()):  # exact ties
         v[rng.integers(0, n, n // 2)] = v[0]
-    return dtype, weighting, boost, k, v, seed
+    return dtype, weighting, boost, k, v, seed, score_scale
 
 
 @settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(problem=extreme_problems())
 def test_forward_values_and_gradients_are_finite_for_any_dtype_and_boost(backend, problem):
-    dtype, weighting, boost, k, v, seed = problem
+    dtype, weighting, boost, k, v, seed, score_scale = problem
     if backend.name == "array_api_strict" and dtype == "float16":
         return  # no float16 there (bfloat16 is torch only: asarray skips; filtered below)
     if dtype == "bfloat16" and not backend.name.startswith("torch"):
         return
     for fn, kw in (("sh", {"boost": boost, "weighting": weighting}), ("iterative", {"alpha": boost})):
-        values, scores, dE, dv = gradients(backend, v[None, :], k, dtype=dtype, fn=fn, seed=seed, **kw)
+        values, scores, dE, dv = gradients(
+            backend, v[None, :], k, dtype=dtype, fn=fn, seed=seed, score_scale=score_scale, **kw
+        )
         assert_finite(values, dE, dv)
         assert not np.isnan(scores).any()

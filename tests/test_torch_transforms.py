@@ -142,10 +142,16 @@ def test_compiled_training_step_fullgraph_without_recompiling_per_batch_size():
 def test_the_custom_op_passes_torch_opcheck(rng):
     E, v = data(rng, 2, 9)
     mask = torch.from_numpy(rng.random((2, 9)) < 0.8)
-    for args in ((E, v, None), (E.float(), v.float(), mask)):
+    cases = [
+        ((E, v, None), "successive_halving"),
+        ((E.float(), v.float(), mask), "successive_halving"),
+        ((E, v, mask), "hard"),
+        ((E.float(), v, None), "iterative"),
+    ]
+    for args, method in cases:
         torch.library.opcheck(
             torch.ops.shtopk.topk.default,
-            (*args, 3, "successive_halving", 3.0, "softmax", "score", 1.0),
+            (*args, 3, method, 3.0, "softmax", "score", 1.0),
             test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static", "test_aot_dispatch_dynamic"),
         )
 
