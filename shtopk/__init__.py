@@ -15,13 +15,14 @@ from ._api import (
     plan,
     successive_halving_topk,
 )
-from ._types import Plan, TopK
+from ._types import Plan, PlanTarget, TopK
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_BOOST",
     "Plan",
+    "PlanTarget",
     "TopK",
     "apply",
     "hard_topk",

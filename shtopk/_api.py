@@ -5,18 +5,20 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._array_api import is_torch_array
+from ._array_api import device, is_torch_array, library_name
 from ._core.flat import Flat, flatten
 from ._core.metric import nccs as _nccs
+from ._fast import all_true_on_host
 from ._kernels import gather_sum
 from ._operators import HardTopK, IterativeSoftmax, SuccessiveHalving
-from ._types import ArrayT, Plan, ScoresT, TopK, ValuesT
+from ._types import ArrayT, Plan, PlanTarget, ScoresT, TopK, ValuesT
 from ._validation import (
     ORDERS,
     WEIGHTINGS,
     Inputs,
     check_boost,
     check_choice,
+    check_fits_compute_dtype,
     check_inputs,
     check_positive_real,
     check_real_floating,
@@ -58,20 +60,22 @@ def flatten_inputs(inp: Inputs) -> Flat:
     return flatten(inp.xp, inp.device, inp.E, inp.v, inp.mask, inp.k)
 
 
-def _needs_torch_autograd(inp: Inputs) -> bool:
-    if not is_torch_array(inp.E):
-        return False
-    import torch
-
-    return torch.is_grad_enabled() and (inp.E.requires_grad or inp.v.requires_grad)
+def check_operator_fits(op: Any, inp: Inputs) -> None:
+    """Reject a ``boost``/``alpha`` beyond the range of the dtype the weights are computed in."""
+    if isinstance(op, SuccessiveHalving):
+        check_fits_compute_dtype(op.boost, "boost", inp.xp, inp.v.dtype)
+    elif isinstance(op, IterativeSoftmax):
+        check_fits_compute_dtype(op.alpha, "alpha", inp.xp, inp.v.dtype)
 
 
 def run_operator(op: Any, inp: Inputs) -> TopK[Any, Any]:
-    """Run ``op`` forward; torch tensors that require grad go through autograd."""
-    if _needs_torch_autograd(inp):
-        from .torch import autograd_run
+    """Run ``op`` forward; torch tensors go through the custom op ``shtopk::topk`` (with autograd)."""
+    check_operator_fits(op, inp)
+    if is_torch_array(inp.E):
+        # torch: the registered custom op (autograd, torch.compile, torch.func, vmap)
+        from .torch import torch_run
 
-        return autograd_run(op, inp)
+        return torch_run(op, inp)
     flat = flatten_inputs(inp)
     values, scores, _ = op.forward(flat)
     return TopK(flat.unflatten_values(values), flat.unflatten_scores(scores))
@@ -81,7 +85,6 @@ def successive_halving_topk(
     E: ValuesT,
     v: ScoresT,
     k: int,
-    /,
     *,
     boost: float = DEFAULT_BOOST,
     weighting: str = "softmax",
@@ -111,8 +114,11 @@ def successive_halving_topk(
         How sharply each pair is decided. For ``weighting="softmax"`` the
         constant C > 0 in ``softmax(C * s_i, C * s_j)``; for ``"power"`` the
         base b > 1 in ``softmax(b**s_i, b**s_j)``. Larger values approach
-        :func:`hard_topk` (reached exactly in the limit) with less gradient
-        reaching ``v``. The default suits scores of order 1; see the docs.
+        :func:`hard_topk` (reached in the limit when the deciding scores are
+        distinct; exactly tied scores share their weight equally at any
+        boost) with less gradient reaching ``v``. At most the largest value
+        of the compute dtype (3.4e38 unless v is float64). The default suits
+        scores of order 1; see the docs.
     weighting : {"softmax", "power"}, optional
         ``"softmax"`` is the paper's text; ``"power"`` is the authors'
         released code (with ``boost=20`` it reproduces their published nCCS).
@@ -136,7 +142,10 @@ def successive_halving_topk(
     -----
     The weights are computed in at least float32. A NaN score on an item that
     is not masked out makes every output of its batch row NaN (its place in
-    the tournament is undefined). The sort permutations are constants for
+    the tournament is undefined). Finite input gives finite values and
+    gradients in every dtype (gradients beyond the dtype's range saturate at
+    its largest value); a ``+inf`` score wins its pairs with weight exactly 1
+    (see "NaN and infinity policy" in the docs). The sort permutations are constants for
     differentiation, as in the paper; gradients flow to E and v. For torch
     tensors that require grad, the backward pass is the manual,
     memory-lean one of :mod:`shtopk.vjp`, wrapped in autograd.
@@ -157,13 +166,14 @@ def successive_halving_topk(
     return run_operator(successive_halving_operator(boost, weighting, order), check_inputs(E, v, k, mask))
 
 
-def hard_topk(E: ValuesT, v: ScoresT, k: int, /, *, mask: Any = None, order: str = "score") -> TopK[ValuesT, ScoresT]:
+def hard_topk(E: ValuesT, v: ScoresT, k: int, *, mask: Any = None, order: str = "score") -> TopK[ValuesT, ScoresT]:
     """Exact top-k: the rows of ``E`` with the k highest scores (ties to the lower index).
 
     Items with score ``-inf`` or NaN, or masked out, are never selected; with
     fewer than k valid items the surplus output rows are zero vectors with
     score ``-inf``. A NaN score on a kept item makes its batch row NaN, as in
-    :func:`successive_halving_topk`, which this is the large-boost limit of.
+    :func:`successive_halving_topk`, which this is the large-boost limit of
+    for distinct scores (successive halving never breaks exact ties).
     Gradients (torch autograd or :mod:`shtopk.vjp`) flow to the selected rows
     of E and to their scores.
 
@@ -195,7 +205,7 @@ def hard_topk(E: ValuesT, v: ScoresT, k: int, /, *, mask: Any = None, order: str
 
 
 def iterative_softmax_topk(
-    E: ValuesT, v: ScoresT, k: int, /, *, alpha: float = 1.0, mask: Any = None
+    E: ValuesT, v: ScoresT, k: int, *, alpha: float = 1.0, mask: Any = None
 ) -> TopK[ValuesT, ScoresT]:
     """The iterative softmax top-k baseline (Goyal et al. 2017; the paper's Algorithm 1).
 
@@ -239,7 +249,6 @@ def iterative_softmax_topk(
 def plan(
     v: ArrayT,
     k: int,
-    /,
     *,
     boost: float = DEFAULT_BOOST,
     weighting: str = "softmax",
@@ -278,6 +287,7 @@ def plan(
     """
     op = successive_halving_operator(boost, weighting, order)
     inp = check_scores(v, k, mask)
+    check_operator_fits(op, inp)
     flat = flatten_inputs(inp)
     sel = op.plan(flat)
     xp, batch = inp.xp, inp.batch_shape
@@ -286,17 +296,21 @@ def plan(
         xp.reshape(sel.indices, (*batch, inp.k, P)),
         xp.reshape(sel.weights, (*batch, inp.k, P)),
         flat.unflatten_scores(sel.scores),
+        built_for=PlanTarget(inp.n, batch, library_name(v), inp.device),
     )
 
 
-def apply(plan: Plan[ArrayT], E: ValuesT, /) -> TopK[ValuesT, ArrayT]:
+def apply(plan: Plan[ArrayT], E: ValuesT) -> TopK[ValuesT, ArrayT]:
     """Apply a :class:`Plan` to ``E``: ``values[..., j, :] = sum_r weights[..., j, r] * E[..., indices[..., j, r], :]``.
 
     Parameters
     ----------
     plan : Plan
-        From :func:`plan` (any ``(indices, weights, scores)`` triple of that
-        layout works; indices must lie in ``[0, n)``).
+        From :func:`plan`: E must then have the ``n``, leading dimensions,
+        library and device the plan was built for (checked, ``ValueError``
+        otherwise). A hand-made ``Plan(indices, weights, scores)`` of that
+        layout works too; its indices must lie in ``[0, n)``: checked for
+        host arrays, trusted unchecked on a device.
     E : array, shape (..., n, d)
         Same leading dimensions, library and device as the plan; any real
         floating dtype (half precision accumulates in float32).
@@ -341,6 +355,7 @@ def apply(plan: Plan[ArrayT], E: ValuesT, /) -> TopK[ValuesT, ArrayT]:
         raise ValueError(f"E must have shape (*{batch}, n, d), the plan's leading dimensions; got {tuple(E.shape)}")
     k, P = indices.shape[-2], indices.shape[-1]
     n, d = E.shape[-2], E.shape[-1]
+    _check_plan_target(xp, plan, indices, E, n)
     B = math.prod(batch)
     values = gather_sum(
         xp,
@@ -350,6 +365,23 @@ def apply(plan: Plan[ArrayT], E: ValuesT, /) -> TopK[ValuesT, ArrayT]:
         xp.reshape(E, (B, n, d)),
     )
     return TopK(xp.reshape(values, (*batch, k, d)), scores)
+
+
+def _check_plan_target(xp: Any, plan: Any, indices: Any, E: Any, n: int) -> None:
+    """E must match what a plan from :func:`plan` was built for (metadata only, no device sync);
+    a hand-made plan's indices are range-checked where that reads host memory only."""
+    target = getattr(plan, "built_for", None)
+    if target is None:
+        in_range = all_true_on_host(xp, (indices >= 0) & (indices < n))
+        if in_range is False:
+            raise ValueError(f"plan.indices must lie in [0, n) = [0, {n}) for E of shape {tuple(E.shape)}")
+        return
+    got = PlanTarget(n, tuple(E.shape[:-2]), library_name(E), device(E))
+    if got != target:
+        raise ValueError(
+            f"the plan was built for n = {target.n}, batch shape {target.batch_shape}, {target.library} on "
+            f"{target.device}; got E with n = {got.n}, batch shape {got.batch_shape}, {got.library} on {got.device}"
+        )
 
 
 def nccs(Y_true: Any, Y_pred: Any) -> Any:
@@ -387,5 +419,10 @@ def nccs(Y_true: Any, Y_pred: Any) -> Any:
         raise ValueError(
             f"Y_true and Y_pred must have shapes (..., k, d) and (..., k', d) with the same d; "
             f"got {tuple(Y_true.shape)} and {tuple(Y_pred.shape)}"
+        )
+    if Y_true.shape[-2] == 0 or Y_pred.shape[-2] == 0:
+        raise ValueError(
+            "Y_true and Y_pred must each hold at least one vector (k >= 1 and k' >= 1; nCCS of an empty set "
+            f"is undefined); got shapes {tuple(Y_true.shape)} and {tuple(Y_pred.shape)}"
         )
     return _nccs(xp, Y_true, Y_pred)

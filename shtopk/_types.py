@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Generic, NamedTuple, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, NamedTuple, TypeVar
 
 #: The array type of ``values`` (E's array type: ``numpy.ndarray``, ``torch.Tensor``, ...).
 ValuesT = TypeVar("ValuesT")
@@ -41,7 +42,35 @@ class TopK(NamedTuple, Generic[ValuesT, ScoresT]):
     scores: ScoresT
 
 
-class Plan(NamedTuple, Generic[ArrayT]):
+@dataclass(frozen=True)
+class PlanTarget:
+    """What a :class:`Plan` from :func:`shtopk.plan` was built for: ``apply`` checks E against it.
+
+    Attributes
+    ----------
+    n : int
+        The number of items (rows of E).
+    batch_shape : tuple of int
+        The leading dimensions of v (and of E).
+    library : str
+        The array library of v (``"numpy"``, ``"torch"``, ...).
+    device : object
+        The device of v.
+    """
+
+    n: int
+    batch_shape: tuple[int, ...]
+    library: str
+    device: Any
+
+
+class _PlanFields(NamedTuple, Generic[ArrayT]):
+    indices: ArrayT
+    weights: ArrayT
+    scores: ArrayT
+
+
+class Plan(_PlanFields[ArrayT]):
     """A selection computed from the scores alone, to be applied to any tensor.
 
     ``indices`` and ``weights`` are the selection (which input rows make up
@@ -53,6 +82,16 @@ class Plan(NamedTuple, Generic[ArrayT]):
 
     Output row ``j`` of ``apply(plan, X)`` is
     ``sum(plan.weights[..., j, r] * X[..., plan.indices[..., j, r], :] for r)``.
+
+    A Plan is the tuple ``(indices, weights, scores)``; one returned by
+    :func:`shtopk.plan` also carries :attr:`built_for`, and :func:`shtopk.apply`
+    rejects any E of another ``n``, batch shape, library or device (from
+    metadata only: no device synchronization). Its indices are trusted: they
+    are in range by construction. A Plan made by hand (``Plan(indices,
+    weights, scores)``) has ``built_for = None``; its indices are checked to
+    lie in ``[0, n)`` for host arrays (NumPy, PyTorch on the CPU) and trusted
+    unchecked on a device (an index out of range there is undefined
+    behaviour of the library's gather).
 
     Attributes
     ----------
@@ -68,6 +107,8 @@ class Plan(NamedTuple, Generic[ArrayT]):
     scores : float array, shape (..., k)
         The output scores, in the dtype of ``v``; ``-inf`` marks rows without
         any valid member.
+    built_for : PlanTarget or None
+        What the plan was built for (None for a hand-made Plan).
 
     Examples
     --------
@@ -78,8 +119,15 @@ class Plan(NamedTuple, Generic[ArrayT]):
     (2, 4)
     >>> p.indices[:, 0], p.weights[:, 0]  # each row's best member, with all the weight
     (array([1, 3]), array([1., 1.]))
+    >>> p.built_for.n, p.built_for.batch_shape
+    (5, ())
     """
 
-    indices: ArrayT
-    weights: ArrayT
-    scores: ArrayT
+    #: What the plan was built for; None for a hand-made Plan (and after ``_replace``).
+    built_for: PlanTarget | None = None
+
+    def __new__(cls, indices: Any, weights: Any, scores: Any, *, built_for: PlanTarget | None = None) -> Plan[Any]:
+        self = super().__new__(cls, indices, weights, scores)
+        if built_for is not None:
+            self.built_for = built_for
+        return self

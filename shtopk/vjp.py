@@ -27,6 +27,7 @@ from typing import Any
 
 from ._api import (
     DEFAULT_BOOST,
+    check_operator_fits,
     flatten_inputs,
     hard_operator,
     iterative_operator,
@@ -42,6 +43,7 @@ Pullback = Callable[..., tuple[ValuesT, ScoresT]]
 
 
 def _with_pullback(op: Any, inp: Inputs) -> tuple[TopK[Any, Any], Pullback[Any, Any]]:
+    check_operator_fits(op, inp)
     flat = flatten_inputs(inp)
     values, scores, saved = op.forward(flat, record=True)
     out = TopK(flat.unflatten_values(values), flat.unflatten_scores(scores))
@@ -85,7 +87,6 @@ def successive_halving_topk(
     E: ValuesT,
     v: ScoresT,
     k: int,
-    /,
     *,
     boost: float = DEFAULT_BOOST,
     weighting: str = "softmax",
@@ -113,7 +114,7 @@ def successive_halving_topk(
 
 
 def hard_topk(
-    E: ValuesT, v: ScoresT, k: int, /, *, mask: Any = None, order: str = "score"
+    E: ValuesT, v: ScoresT, k: int, *, mask: Any = None, order: str = "score"
 ) -> tuple[TopK[ValuesT, ScoresT], Pullback[ValuesT, ScoresT]]:
     """:func:`shtopk.hard_topk` with its pullback ``(d_values, d_scores=None) -> (dE, dv)``.
 
@@ -136,7 +137,7 @@ def hard_topk(
 
 
 def iterative_softmax_topk(
-    E: ValuesT, v: ScoresT, k: int, /, *, alpha: float = 1.0, mask: Any = None
+    E: ValuesT, v: ScoresT, k: int, *, alpha: float = 1.0, mask: Any = None
 ) -> tuple[TopK[ValuesT, ScoresT], Pullback[ValuesT, ScoresT]]:
     """:func:`shtopk.iterative_softmax_topk` with its pullback ``(d_values, d_scores=None) -> (dE, dv)``.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .._array_api import device, is_half
+from .._array_api import compute_dtype, device, is_half
 from .._fast import all_true_on_host
 
 #: Bytes of gathered rows processed at a time (measured on a 2-core CPU:
@@ -20,8 +20,11 @@ CHUNK_BYTES = 1 << 20
 
 
 def accumulation_dtype(xp: Any, dtype: Any) -> Any:
-    """float16/bfloat16 accumulate in float32; float32/float64 in themselves."""
-    return xp.float32 if is_half(xp, dtype) else dtype
+    """float16/bfloat16 accumulate in float32; float32/float64 in themselves; other
+    float64-like dtypes (big-endian ``>f8``, ``longdouble``) in float64."""
+    if is_half(xp, dtype):
+        return xp.float32
+    return dtype if dtype in (xp.float32, xp.float64) else compute_dtype(xp, dtype)
 
 
 def chunk_rows(xp: Any, d: int, dtype: Any) -> int:
