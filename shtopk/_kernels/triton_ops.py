@@ -70,9 +70,15 @@ def _cupy_launch(array: Any) -> Iterator[None]:
 
 
 def _launch(kernel: Any, grid: tuple[int, ...], *args: Any, **meta: Any) -> None:
-    """``kernel[grid](*args, **meta)`` on the arrays' device and stream (no launch for an empty grid)."""
+    """``kernel[grid](*args, **meta)`` on the arrays' device and stream (no launch for an empty grid).
+
+    Compiled without FMA contraction: the plan's merged scores then round as
+    the neutral core's do, which keeps near-ties in the next round's sort in
+    the same order.
+    """
     if math.prod(grid) == 0:
         return
+    meta.setdefault("enable_fp_fusion", False)
     first = next(a for a in args if is_cupy_array(a) or is_torch_array(a))
     if is_cupy_array(first):
         with _cupy_launch(first):
