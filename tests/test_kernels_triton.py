@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import GPU_BACKENDS, _gpu_reason, _make_backend
 
 triton = pytest.importorskip("triton", reason="Triton is not installed (pip install 'shtopk[triton]')")
 torch = pytest.importorskip("torch", reason="the Triton kernels are tested on torch tensors")
@@ -86,8 +85,8 @@ def _compile_cases(K):
     plan = {**ints, **floats, "key_ws_ptr": "*i64", "order_ptr": "*i64", "perm_ptr": "*i64", "lov_ptr": "*i8"}
     flags = dict(POWER=True, RECORD=True)
     return [
-        (K.plan_rows_kernel, plan, dict(flags, SORT_SLOTS=True, BLOCK=64), 4),
-        (K.plan_round_kernel, {**plan, "sorted_ptr": "*i64"}, dict(flags, BLOCK=128), 4),
+        (K.plan_rows_kernel, plan, dict(flags, PRECISE=True, SORT_SLOTS=True, BLOCK=64), 4),
+        (K.plan_round_kernel, {**plan, "sorted_ptr": "*i64"}, dict(flags, PRECISE=True, BLOCK=128), 4),
         (
             K.expand_kernel,
             {**ints, "slots_ptr": "*i64", "order_ptr": "*i64", "valid_ptr": "*i8", "poison_ptr": "*i8"}
@@ -99,6 +98,12 @@ def _compile_cases(K):
             K.gather_sum_kernel,
             {**ints, "idx_ptr": "*i64", "E_ptr": "*bf16", "out_ptr": "*bf16"},
             dict(BLOCK_P=16, BLOCK_D=128),
+            4,
+        ),
+        (
+            K.tournament_backward_kernel,
+            {**plan, "grad_cap": "fp32"},
+            dict(POWER=True, PRECISE=True, BLOCK=1024),
             4,
         ),
         (
@@ -121,7 +126,9 @@ def _cuda_compiler_reason() -> str | None:
     return None
 
 
-@pytest.mark.parametrize("index", range(5), ids=["plan_rows", "plan_round", "expand", "gather_sum", "rows_backward"])
+@pytest.mark.parametrize(
+    "index", range(6), ids=["plan_rows", "plan_round", "expand", "gather_sum", "tournament_backward", "rows_backward"]
+)
 def test_kernels_compile_for_sm90(index):
     reason = _cuda_compiler_reason()
     if reason:
@@ -144,15 +151,6 @@ def test_kernels_compile_for_sm90(index):
 # ---------------------------------------------------------------- on a GPU, at full size
 
 
-@pytest.fixture(params=sorted(GPU_BACKENDS))
-def gpu_backend(request):
-    """CuPy and torch CUDA, each skipped with the reason where it has no GPU."""
-    reason = _gpu_reason(GPU_BACKENDS[request.param])
-    if reason:
-        pytest.skip(f"{request.param}: {reason}")
-    return _make_backend(request.param)
-
-
 def _gpu_inputs(backend, rng, B, n, d, dtype):
     E = backend.asarray(rng.normal(size=(B, n, d)), dtype)
     v_np = rng.normal(size=(B, n))
@@ -165,8 +163,8 @@ def _gpu_inputs(backend, rng, B, n, d, dtype):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize(("n", "k"), [(1000, 64), (5000, 8), (3000, 3000)], ids=["one-program", "per-round", "k=n"])
-def test_gpu_operator_equals_neutral(gpu_backend, monkeypatch, rng, dtype, n, k):
-    backend = gpu_backend
+@pytest.mark.parametrize("backend", ["cupy", "torch-cuda"], indirect=True)  # skipped with the reason without a GPU
+def test_gpu_operator_equals_neutral(backend, monkeypatch, rng, dtype, n, k):
     monkeypatch.delenv("SHTOPK_KERNELS", raising=False)
     E, v, mask, _ = _gpu_inputs(backend, rng, 4, n, 96, dtype)
     assert _kernels.engine(E, v) == "triton"

@@ -133,6 +133,10 @@ def tournament(
 
 def tournament_backward(xp: Any, sel: Selection, dw_items: Any, d_scores: Any, boost: float, weighting: str) -> Any:
     """Score cotangents of the padded items; see
-    :func:`shtopk._core.plan_backward.neutral_tournament_backward` (on the GPU
-    too: a few launches per round, no host synchronization)."""
+    :func:`shtopk._core.plan_backward.neutral_tournament_backward`."""
+    if engine(dw_items, d_scores) == "triton" and _triton_takes(xp, dw_items.dtype, d_scores.dtype):
+        from . import triton_ops
+
+        if triton_ops.recorded_here(sel):
+            return triton_ops.tournament_backward(xp, sel, dw_items, d_scores, boost, weighting)
     return neutral_tournament_backward(xp, sel, dw_items, d_scores, boost, weighting)

@@ -34,6 +34,7 @@ import math
 
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 #: The largest padded row (a power of two) that one program sorts in one block.
 #: Compiled for sm_90 (``triton.compile`` and ``ptxas -v``, no GPU needed): a
@@ -45,6 +46,9 @@ MAX_ROW_BLOCK = 4096
 
 #: ``log(finfo(float32).max) - 1``, the clip of the power weighting (as in ``pair_gap``).
 POWER_CAP = math.log(3.4028234663852886e38) - 1.0
+
+#: Pairs per step of the tournament backward, which walks each round of a row in such blocks.
+BACKWARD_BLOCK = 1024
 
 _ABSENT = tl.constexpr(0x7FFFFFFFFFFFFFFF)  # the key of places past the round's groups: sorts last
 _CAP = tl.constexpr(POWER_CAP)
@@ -70,22 +74,55 @@ def _unpack(key):
 
 
 @triton.jit
-def _one_minus_exp_neg(x):
-    """``-expm1(-x)`` for ``x > 0``: a Taylor series where ``1 - exp(-x)`` would cancel."""
-    series = x * (
-        1.0
-        - x
-        * (
-            0.5
-            - x
-            * (1.0 / 6.0 - x * (1.0 / 24.0 - x * (1.0 / 120.0 - x * (1.0 / 720.0 - x * (1.0 / 5040.0 - x / 40320.0)))))
-        )
-    )
-    return tl.where(x < 0.5, series, 1.0 - tl.exp(-x))
+def _exp(x, PRECISE: tl.constexpr):
+    """``exp``: CUDA's ``expf`` (as torch and CuPy use) when compiled, NumPy's in the interpreter."""
+    if PRECISE:
+        return libdevice.exp(x)
+    else:
+        return tl.exp(x)
 
 
 @triton.jit
-def _pair(s_hi, s_lo, boost, log_boost, POWER: tl.constexpr):
+def _log(x, PRECISE: tl.constexpr):
+    if PRECISE:
+        return libdevice.log(x)
+    else:
+        return tl.log(x)
+
+
+@triton.jit
+def _log1p(y, PRECISE: tl.constexpr):
+    """``log(1 + y)`` for ``y >= 0``; in the interpreter from ``log`` (accurate for small ``y``)."""
+    if PRECISE:
+        return libdevice.log1p(y)
+    else:
+        u = 1.0 + y
+        return tl.where(u == 1.0, y, tl.log(u) * (y / tl.where(u == 1.0, 1.0, u - 1.0)))
+
+
+@triton.jit
+def _one_minus_exp_neg(x, PRECISE: tl.constexpr):
+    """``-expm1(-x)`` for ``x > 0``; in the interpreter a Taylor series where ``1 - exp(-x)`` would cancel."""
+    if PRECISE:
+        return -libdevice.expm1(-x)
+    else:
+        series = x * (
+            1.0
+            - x
+            * (
+                0.5
+                - x
+                * (
+                    1.0 / 6.0
+                    - x * (1.0 / 24.0 - x * (1.0 / 120.0 - x * (1.0 / 720.0 - x * (1.0 / 5040.0 - x / 40320.0))))
+                )
+            )
+        )
+        return tl.where(x < 0.5, series, 1.0 - tl.exp(-x))
+
+
+@triton.jit
+def _pair(s_hi, s_lo, boost, log_boost, POWER: tl.constexpr, PRECISE: tl.constexpr):
     """:func:`shtopk._core.plan.pair_weights` (the general branch) for blocks of pairs."""
     hi_valid = s_hi > float("-inf")
     lo_valid = s_lo > float("-inf")
@@ -98,18 +135,19 @@ def _pair(s_hi, s_lo, boost, log_boost, POWER: tl.constexpr):
     if POWER:
         a_hi = a * log_boost
         a_lo = c * log_boost
-        direct = tl.exp(tl.minimum(a_hi, _CAP)) - tl.exp(tl.minimum(a_lo, _CAP))
+        direct = _exp(tl.minimum(a_hi, _CAP), PRECISE) - _exp(tl.minimum(a_lo, _CAP), PRECISE)
         x = a_hi - a_lo
         x_pos = x > 0.0
         x_safe = tl.where(x_pos, x, 1.0)
-        log_form = tl.where(x_pos, tl.exp(tl.minimum(a_hi + tl.log(_one_minus_exp_neg(x_safe)), _CAP)), 0.0)
+        log_form = _exp(tl.minimum(a_hi + _log(_one_minus_exp_neg(x_safe, PRECISE), PRECISE), _CAP), PRECISE)
+        log_form = tl.where(x_pos, log_form, 0.0)
         t = tl.where(a_hi <= _CAP, direct, log_form)
     else:
         t = boost * (a - c)
-    e = tl.exp(-t)
+    e = _exp(-t, PRECISE)
     one_e = 1.0 + e
-    w_hi = tl.where(lo_valid, 1.0 / one_e, tl.where(hi_valid, 1.0, 0.0))
-    w_lo = tl.where(lo_valid, e / one_e, 0.0)
+    w_hi = tl.where(lo_valid, tl.div_rn(tl.full(e.shape, 1.0, tl.float32), one_e), tl.where(hi_valid, 1.0, 0.0))
+    w_lo = tl.where(lo_valid, tl.div_rn(e, one_e), 0.0)
     merged = tl.where(lo_valid, w_hi * s_hi0 + w_lo * s_lo0, s_hi)
     return s_hi0, s_lo0, t, w_hi, w_lo, lo_valid, merged
 
@@ -179,6 +217,7 @@ def plan_rows_kernel(
     perm_ptr,
     sorted_ptr,
     POWER: tl.constexpr,
+    PRECISE: tl.constexpr,
     RECORD: tl.constexpr,
     SORT_SLOTS: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -203,7 +242,7 @@ def plan_rows_kernel(
         tl.debug_barrier()
         s_hi, o_hi = _unpack(key)
         s_lo, o_lo = _unpack(lo_key)
-        s_hi0, s_lo0, t, w_hi, w_lo, lo_valid, merged = _pair(s_hi, s_lo, boost, log_boost, POWER)
+        s_hi0, s_lo0, t, w_hi, w_lo, lo_valid, merged = _pair(s_hi, s_lo, boost, log_boost, POWER, PRECISE)
         _store_round(
             b,
             i,
@@ -256,6 +295,7 @@ def plan_round_kernel(
     t_ptr,
     lov_ptr,
     POWER: tl.constexpr,
+    PRECISE: tl.constexpr,
     RECORD: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -268,7 +308,7 @@ def plan_round_kernel(
     o_lo = tl.load(sorted_ptr + b * M + (M - 1 - i), mask=pair, other=0)
     s_hi = tl.load(s_ptr + b * M + o_hi, mask=pair, other=0.0)
     s_lo = tl.load(s_ptr + b * M + o_lo, mask=pair, other=0.0)
-    s_hi0, s_lo0, t, w_hi, w_lo, lo_valid, merged = _pair(s_hi, s_lo, boost, log_boost, POWER)
+    s_hi0, s_lo0, t, w_hi, w_lo, lo_valid, merged = _pair(s_hi, s_lo, boost, log_boost, POWER, PRECISE)
     _store_round(
         b,
         i,
@@ -434,3 +474,117 @@ def rows_backward_kernel(
             tl.store(dE_ptr + rows[:, None] * d + cols[None, :], (g * w[:, None]).to(dE_ptr.dtype.element_ty), mask=ok)
     if NEED_DW:
         tl.store(dw_ptr + rows, dot, mask=row_ok)
+
+
+@triton.jit
+def tournament_backward_kernel(
+    dw_ptr,
+    d_scores_ptr,
+    out_ptr,
+    ws_ptr,
+    dq_ptr,
+    order_ptr,
+    sw_ptr,
+    whi_ptr,
+    wlo_ptr,
+    shi_ptr,
+    slo_ptr,
+    t_ptr,
+    lov_ptr,
+    m,
+    k,
+    R,
+    boost,
+    log_boost,
+    grad_cap,
+    POWER: tl.constexpr,
+    PRECISE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """:func:`shtopk._core.plan_backward.neutral_tournament_backward` for batch row ``program_id(0)``.
+
+    Bottom-up, each round gathers the groups' weighted cotangent sums ``Q`` by
+    its sort order and keeps ``Q_hi - Q_lo`` per pair (``dq_ptr``, (B, m),
+    round at ``m - M``); top-down, it scatters the merged-score cotangent
+    ``sigma`` and the weight product ``D`` back through the sort order. Rows
+    of any length: each round walks its pairs in blocks, and the per-group
+    values live in a per-row workspace ``ws_ptr`` (B, 4 * m) of two
+    ping-pong buffers for ``Q``/``sigma`` and two for ``D``. The round records
+    are those :func:`plan_rows_kernel` and :func:`plan_round_kernel` write.
+    """
+    b = tl.program_id(0).to(tl.int64)
+    ar = tl.arange(0, BLOCK)
+    ws = ws_ptr + b * (4 * m)
+    for c in range(0, m, BLOCK):
+        i = c + ar
+        tl.store(ws + i, tl.load(dw_ptr + b * m + i, mask=i < m, other=0.0), mask=i < m)
+    tl.debug_barrier()
+    M = m
+    for r in range(R):
+        src = ws + (r % 2) * m
+        dst = ws + ((r + 1) % 2) * m
+        full = b * (2 * m) + (2 * m - 2 * M)
+        half = b * m + (m - M)
+        for c in range(0, M // 2, BLOCK):
+            i = c + ar
+            pair = i < M // 2
+            o_hi = tl.load(order_ptr + full + i, mask=pair, other=0)
+            o_lo = tl.load(order_ptr + full + (M - 1 - i), mask=pair, other=0)
+            q_hi = tl.load(src + o_hi, mask=pair, other=0.0)
+            q_lo = tl.load(src + o_lo, mask=pair, other=0.0)
+            sw_hi = tl.load(sw_ptr + full + i, mask=pair, other=0.0)
+            sw_lo = tl.load(sw_ptr + full + (M - 1 - i), mask=pair, other=0.0)
+            tl.store(dst + i, q_hi * sw_hi + q_lo * sw_lo, mask=pair)
+            tl.store(dq_ptr + half + i, q_hi - q_lo, mask=pair)
+        tl.debug_barrier()
+        M = M // 2
+    for c in range(0, k, BLOCK):
+        i = c + ar
+        tl.store(ws + i, tl.load(d_scores_ptr + b * k + i, mask=i < k, other=0.0), mask=i < k)
+        tl.store(ws + 2 * m + i, tl.full([BLOCK], 1.0, tl.float32), mask=i < k)
+    tl.debug_barrier()
+    for rr in range(R):
+        r = R - 1 - rr
+        M = m >> r
+        full = b * (2 * m) + (2 * m - 2 * M)
+        half = b * m + (m - M)
+        src_s = ws + (rr % 2) * m
+        dst_s = ws + ((rr + 1) % 2) * m
+        src_d = ws + 2 * m + (rr % 2) * m
+        dst_d = ws + 2 * m + ((rr + 1) % 2) * m
+        for c in range(0, M // 2, BLOCK):
+            i = c + ar
+            pair = i < M // 2
+            sigma = tl.load(src_s + i, mask=pair, other=0.0)
+            D = tl.load(src_d + i, mask=pair, other=0.0)
+            s_hi = tl.load(shi_ptr + half + i, mask=pair, other=0.0)
+            s_lo = tl.load(slo_ptr + half + i, mask=pair, other=0.0)
+            diff = D * tl.load(dq_ptr + half + i, mask=pair, other=0.0) + sigma * (s_hi - s_lo)
+            w_hi = tl.load(whi_ptr + half + i, mask=pair, other=0.0)
+            w_lo = tl.load(wlo_ptr + half + i, mask=pair, other=0.0)
+            if POWER:  # d w_hi / d s = w_hi * w_lo * ln(b) * b**s, in log space
+                t = tl.load(t_ptr + half + i, mask=pair, other=0.0)
+                lo_valid = tl.load(lov_ptr + half + i, mask=pair, other=0) != 0
+                log_ww = -t - 2.0 * _log1p(_exp(-t, PRECISE), PRECISE)
+                f_hi = tl.where(lo_valid, _exp(tl.minimum(s_hi * log_boost + log_ww, grad_cap), PRECISE), 0.0)
+                f_lo = tl.where(lo_valid, _exp(tl.minimum(s_lo * log_boost + log_ww, grad_cap), PRECISE), 0.0)
+                f_hi = f_hi * log_boost
+                f_lo = f_lo * log_boost
+                ds_hi = diff * f_hi
+                ds_lo = -diff * f_lo
+            else:
+                ds_hi = diff * w_hi * w_lo * boost
+                ds_lo = -ds_hi
+            o_hi = tl.load(order_ptr + full + i, mask=pair, other=0)
+            o_lo = tl.load(order_ptr + full + (M - 1 - i), mask=pair, other=0)
+            sw_hi = tl.load(sw_ptr + full + i, mask=pair, other=0.0)
+            sw_lo = tl.load(sw_ptr + full + (M - 1 - i), mask=pair, other=0.0)
+            tl.store(dst_s + o_hi, sigma * sw_hi + ds_hi, mask=pair)
+            tl.store(dst_s + o_lo, sigma * sw_lo + ds_lo, mask=pair)
+            tl.store(dst_d + o_hi, D * sw_hi, mask=pair)
+            tl.store(dst_d + o_lo, D * sw_lo, mask=pair)
+        tl.debug_barrier()
+    final = ws + (R % 2) * m
+    for c in range(0, m, BLOCK):
+        i = c + ar
+        tl.store(out_ptr + b * m + i, tl.load(final + i, mask=i < m, other=0.0), mask=i < m)

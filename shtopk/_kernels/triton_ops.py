@@ -34,6 +34,16 @@ def kernels() -> ModuleType:
     return triton_kernels
 
 
+class _Rounds(list):
+    """The rounds of a Triton plan (a list of :class:`~shtopk._core.plan.Round`, as the
+    neutral backward takes them) and the buffers they are views of, for
+    :func:`tournament_backward`."""
+
+    def __init__(self, rounds: list[Round], records: tuple[Any, ...]) -> None:
+        super().__init__(rounds)
+        self.records = records
+
+
 def _pow2(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
 
@@ -90,6 +100,14 @@ def _launch(kernel: Any, grid: tuple[int, ...], *args: Any, **meta: Any) -> None
             kernel[grid](*args, **meta)
     else:  # torch CPU tensors: Triton's interpreter
         kernel[grid](*args, **meta)
+
+
+def _compiled(x: Any) -> bool:
+    """Whether kernels on ``x`` are compiled (GPU arrays), not interpreted (torch CPU
+    tensors): compiled kernels use CUDA's libdevice ``exp``/``log``, as torch and
+    CuPy do, rather than Triton's faster approximations, so that the plan's weights
+    and merged scores round as the neutral core's do on the same GPU."""
+    return not (is_torch_array(x) and x.device.type == "cpu")
 
 
 def _contiguous(x: Any) -> Any:
@@ -222,6 +240,7 @@ def tournament(
             perm,
             s_sorted,
             POWER=power,
+            PRECISE=_compiled(s),
             RECORD=record,
             SORT_SLOTS=order == "score",
             BLOCK=block,
@@ -247,6 +266,7 @@ def tournament(
                 log_boost,
                 *records,
                 POWER=power,
+                PRECISE=_compiled(s),
                 RECORD=record,
                 BLOCK=block_r,
             )
@@ -308,8 +328,8 @@ def tournament(
     if not record:
         return Selection(indices, weights, scores)
     gap = s_hi - s_lo
-    lo_valid = lo_valid != 0
-    rounds = []
+    lo_valid_bool = lo_valid != 0
+    rounds = _Rounds([], records)
     for r in range(R):
         M = m >> r
         a, h = 2 * m - 2 * M, m - M
@@ -324,7 +344,54 @@ def tournament(
                 s_lo[:, pairs],
                 gap[:, pairs],
                 t[:, pairs],
-                lo_valid[:, pairs],
+                lo_valid_bool[:, pairs],
             )
         )
     return Selection(indices, weights, scores, rows[0], rows[1], rounds, inverse_permutation(xp, perm))
+
+
+def recorded_here(sel: Selection) -> bool:
+    """Whether ``sel`` is a recorded plan of :func:`tournament` (whose rounds the
+    Triton backward reads)."""
+    return isinstance(sel.rounds, _Rounds)
+
+
+def tournament_backward(xp: Any, sel: Selection, dw_items: Any, d_scores: Any, boost: float, weighting: str) -> Any:
+    """See :func:`shtopk._core.plan_backward.neutral_tournament_backward`; ``sel``
+    must come from :func:`tournament` with ``record=True``, the cotangents in float32."""
+    B, k, P = sel.indices.shape
+    m = k * P
+    R = P.bit_length() - 1
+    dev = device(dw_items)
+    power = weighting == "power"
+    log_boost = math.log(boost) if power else 0.0
+    grad_cap = _power_grad_cap(log_boost) if power else 0.0
+    out = xp.empty((B, m), dtype=xp.float32, device=dev)
+    workspace = xp.empty((B, 4 * m), dtype=xp.float32, device=dev)
+    dq = xp.empty((B, m), dtype=xp.float32, device=dev)
+    _launch(
+        kernels().tournament_backward_kernel,
+        (B,),
+        _contiguous(dw_items),
+        _contiguous(d_scores),
+        out,
+        workspace,
+        dq,
+        *sel.rounds.records,
+        m,
+        k,
+        R,
+        boost,
+        log_boost,
+        grad_cap,
+        POWER=power,
+        PRECISE=_compiled(dw_items),
+        BLOCK=min(kernels().BACKWARD_BLOCK, max(16, _pow2(m))),
+        num_warps=4,
+    )
+    return out
+
+
+def _power_grad_cap(log_boost: float) -> float:
+    """The clip of the power weighting's score gradient, as in the neutral backward (float32)."""
+    return math.log(3.4028234663852886e38) - max(0.0, math.log(log_boost)) - 1.0
