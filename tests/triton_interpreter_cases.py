@@ -96,6 +96,7 @@ PLAN_CASES = [
     ((3,), 19, 4, "softmax", "score", {"specials": True}),
     ((3,), 19, 4, "power", "input", {"specials": True, "ties": True}),
     ((1,), 50, 2, "softmax", "input", {"ties": True, "masked": True}),
+    ((2,), 50, 20, "power", "input", {"masked": True}),  # per-round: k too large for one program
 ]
 
 
@@ -103,7 +104,7 @@ PLAN_CASES = [
 @pytest.mark.parametrize(("batch", "n", "k", "weighting", "order", "kind"), PLAN_CASES)
 def test_plan_equals_neutral(kernels, rng, one_program, batch, n, k, weighting, order, kind):
     if not one_program:
-        kernels.MAX_ROW_BLOCK = 8  # every row here takes the per-round launches
+        kernels.MAX_ROW_BLOCK = 16  # longer rows start with per-round launches, then one program
         kernels.BACKWARD_BLOCK = 16  # and the backward walks its rounds in several blocks
     v, mask = _scores(rng, batch, n, **kind)
     flat = flatten(xp, "cpu", None, v, mask, k)

@@ -199,6 +199,7 @@ def _store_round(
 def plan_rows_kernel(
     s_ptr,
     n,
+    M0,
     m,
     k,
     R,
@@ -222,7 +223,9 @@ def plan_rows_kernel(
     SORT_SLOTS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """All ``R`` rounds of batch row ``program_id(0)``; ``BLOCK >= m``.
+    """The last ``R`` rounds of batch row ``program_id(0)``, from ``M0`` groups
+    (``BLOCK >= M0``) whose scores ``s_ptr`` holds in rows of ``n``, padded to
+    ``M0`` with ``-inf``; ``m`` is the padded row length of the first round.
 
     Writes the final group scores (B, k) to ``final_ptr`` and, with
     ``SORT_SLOTS``, the groups in score order to ``perm_ptr`` (B, k) and their
@@ -230,9 +233,9 @@ def plan_rows_kernel(
     """
     b = tl.program_id(0).to(tl.int64)
     i = tl.arange(0, BLOCK)
-    s = tl.load(s_ptr + b * n + i, mask=i < n, other=float("-inf"))  # padded to m with -inf
+    s = tl.load(s_ptr + b * n + i, mask=i < n, other=float("-inf"))
     ws = key_ws_ptr + b * BLOCK
-    M = m
+    M = M0
     for _ in range(R):
         key = tl.sort(_pack(s, i, i < M))
         tl.store(ws + i, key)

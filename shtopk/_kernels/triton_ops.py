@@ -196,7 +196,8 @@ def tournament(
 
     Rows of up to :data:`.triton_kernels.MAX_ROW_BLOCK` padded items run all
     their rounds in one program; longer rows sort each round with the
-    library's stable argsort and pair and merge it in one launch.
+    library's stable argsort and pair and merge it in one launch, until
+    the halved rows fit one program.
     """
     K = kernels()
     B, n = s.shape
@@ -219,7 +220,35 @@ def tournament(
     records = (order_all, sw_all, w_hi, w_lo, s_hi, s_lo, t, lo_valid)
     final = xp.empty((B, k), dtype=f32, device=dev)
 
-    block = max(16, _pow2(m))
+    # Rounds of rows too long for one program: the library's stable argsort, then one
+    # launch that pairs and merges; the rows halve every round, and once they fit, one
+    # program per row runs all remaining rounds.
+    cur, r = s, 0
+    while r < R and max(16, _pow2(m >> r)) > K.MAX_ROW_BLOCK:
+        M = m >> r
+        if r == 0 and m > n:
+            cur = xp.concat([s, xp.full((B, m - n), -math.inf, dtype=f32, device=dev)], axis=-1)
+        nxt = xp.empty((B, M // 2), dtype=f32, device=dev)
+        block_r = min(1024, _pow2(M // 2))
+        _launch(
+            K.plan_round_kernel,
+            (B, -(-(M // 2) // block_r)),
+            cur,
+            _contiguous(argsort_descending(xp, cur, nearly_sorted=r > 0)),
+            nxt,
+            M,
+            m,
+            boost,
+            log_boost,
+            *records,
+            POWER=power,
+            PRECISE=_compiled(s),
+            RECORD=record,
+            BLOCK=block_r,
+        )
+        cur, r = nxt, r + 1
+    M = m >> r
+    block = max(16, _pow2(M))
     if block <= K.MAX_ROW_BLOCK:
         perm = xp.empty((B, k), dtype=i64, device=dev)
         s_sorted = xp.empty((B, k), dtype=f32, device=dev)
@@ -227,11 +256,12 @@ def tournament(
         _launch(
             K.plan_rows_kernel,
             (B,),
-            s,
-            n,
+            cur,
+            cur.shape[-1],
+            M,
             m,
             k,
-            R,
+            R - r,
             boost,
             log_boost,
             workspace,
@@ -246,31 +276,7 @@ def tournament(
             BLOCK=block,
             num_warps=4 if block <= 1024 else 8,
         )
-    else:
-        cur = s
-        if m > n:
-            cur = xp.concat([s, xp.full((B, m - n), -math.inf, dtype=f32, device=dev)], axis=-1)
-        for r in range(R):
-            M = m >> r
-            nxt = xp.empty((B, M // 2), dtype=f32, device=dev)
-            block_r = min(1024, _pow2(M // 2))
-            _launch(
-                K.plan_round_kernel,
-                (B, -(-(M // 2) // block_r)),
-                cur,
-                _contiguous(argsort_descending(xp, cur, nearly_sorted=r > 0)),
-                nxt,
-                M,
-                m,
-                boost,
-                log_boost,
-                *records,
-                POWER=power,
-                PRECISE=_compiled(s),
-                RECORD=record,
-                BLOCK=block_r,
-            )
-            cur = nxt
+    else:  # k itself is too large for one program: no rounds are left
         final = _contiguous(cur)
         if order == "score":
             perm = _contiguous(argsort_descending(xp, final, nearly_sorted=R > 0))
