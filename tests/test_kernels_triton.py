@@ -80,7 +80,7 @@ def _signature(fn, types, constexprs):
 
 
 def _compile_cases(K):
-    ints = dict.fromkeys(("n", "m", "k", "R", "M", "M0", "P", "d", "rows_total"), "i32")
+    ints = dict.fromkeys(("n", "m", "k", "R", "M", "M0", "P", "d", "rows_total", "p_chunk"), "i32")
     floats = {"boost": "fp32", "log_boost": "fp32"}
     plan = {**ints, **floats, "key_ws_ptr": "*i64", "order_ptr": "*i64", "perm_ptr": "*i64", "lov_ptr": "*i8"}
     flags = dict(POWER=True, RECORD=True)

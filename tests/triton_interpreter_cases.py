@@ -148,8 +148,12 @@ def test_power_weighting_of_huge_scores(kernels):
     assert torch.isfinite(got.weights).all()
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["one-chunk", "member-chunks"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_gather_sum_equals_neutral(kernels, rng, dtype):
+def test_gather_sum_equals_neutral(kernels, monkeypatch, rng, dtype, split):
+    if split:  # small tiles: every slot's members are split over several programs
+        monkeypatch.setattr(triton_ops, "GATHER_TILE", 32)
+        assert triton_ops._gather_shape(12, 5, 37)[2] > 1
     B, n, d, k, P = 3, 13, 37, 4, 5  # d spans several column blocks
     E = torch.from_numpy(rng.normal(size=(B, n, d))).to(dtype)
     indices = torch.from_numpy(rng.integers(0, n, size=(B, k, P)))

@@ -18,7 +18,9 @@ formulas, float32 arithmetic):
     masking of padded, masked and poisoned members, and the row layout the
     backward pass needs.
 ``gather_sum_kernel``
-    The apply: one weighted gather-sum, reading each selected row of E once.
+    The apply: one weighted gather-sum, reading each selected row of E once
+    (slots with many members split them over several programs, whose
+    float32 partial sums the caller adds).
 ``rows_backward_kernel``
     The backward of the apply in row layout: every row of E is read once and
     its ``dE`` row written once (no two programs touch one row).
@@ -414,20 +416,25 @@ def gather_sum_kernel(
     P,
     n,
     d,
+    p_chunk,
     BLOCK_P: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """``out[s, :] = sum_p w[s, p] * E[b, idx[s, p], :]`` for slot ``s = program_id(0)``
-    (batch row ``b = s // k``) and the columns of block ``program_id(1)``; zero
-    where the slot's score is ``-inf``. Accumulates in float32."""
+    """``out[c, s, :] = sum_p w[s, p] * E[b, idx[s, p], :]`` for slot ``s = program_id(0)``
+    (batch row ``b = s // k``), the columns of block ``program_id(1)`` and the members
+    ``p`` in chunk ``c = program_id(2)`` of ``p_chunk``; zero where the slot's score
+    is ``-inf``. Accumulates in float32 (one chunk: ``out`` may be E's dtype)."""
     slot = tl.program_id(0).to(tl.int64)
     b = slot // k
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     col_ok = cols < d
+    chunk = tl.program_id(2)
+    p_lo = chunk * p_chunk
+    p_hi = tl.minimum(P, p_lo + p_chunk)
     acc = tl.zeros([BLOCK_P, BLOCK_D], tl.float32)
-    for p0 in range(0, P, BLOCK_P):
+    for p0 in range(p_lo, p_hi, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
-        p_ok = p < P
+        p_ok = p < p_hi
         rows = tl.load(idx_ptr + slot * P + p, mask=p_ok, other=0).to(tl.int64)
         w = tl.load(w_ptr + slot * P + p, mask=p_ok, other=0.0).to(tl.float32)
         tile = tl.load(
@@ -437,7 +444,8 @@ def gather_sum_kernel(
     total = tl.sum(acc, axis=0)
     keep = tl.load(scores_ptr + slot + cols * 0).to(tl.float32) != float("-inf")  # a block, not a scalar
     total = tl.where(keep, total, 0.0)
-    tl.store(out_ptr + slot * d + cols, total.to(out_ptr.dtype.element_ty), mask=col_ok)
+    slots = tl.num_programs(0).to(tl.int64)
+    tl.store(out_ptr + (chunk * slots + slot) * d + cols, total.to(out_ptr.dtype.element_ty), mask=col_ok)
 
 
 @triton.jit

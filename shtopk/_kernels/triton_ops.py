@@ -118,18 +118,39 @@ def _contiguous(x: Any) -> Any:
     return x.contiguous()
 
 
+#: Launch shapes of the gather-sum: a tile of at most this many elements of E per
+#: step, and members split over programs until there are about this many programs
+#: (untuned: no GPU was available).
+GATHER_TILE = 4096
+GATHER_PROGRAMS = 1024
+
+
+def _gather_shape(S: int, P: int, d: int) -> tuple[int, int, int]:
+    """``(BLOCK_P, BLOCK_D, chunks)`` of a gather-sum of ``S`` slots of ``P`` rows of length ``d``."""
+    block_d = min(256, max(16, _pow2(d)), max(16, GATHER_TILE))
+    while block_d > 32 and S * -(-d // block_d) < GATHER_PROGRAMS:  # narrower columns, more programs
+        block_d //= 2
+    block_p = min(_pow2(P), max(1, GATHER_TILE // block_d))
+    programs = S * -(-d // block_d)
+    chunks = max(1, min(-(-P // block_p), -(-GATHER_PROGRAMS // max(1, programs))))
+    return block_p, block_d, chunks
+
+
 def gather_sum(xp: Any, indices: Any, weights: Any, scores: Any, E: Any) -> Any:
     """See :func:`shtopk._core.apply.neutral_gather_sum`."""
     B, k, P = indices.shape
     n, d = E.shape[-2], E.shape[-1]
-    out = xp.empty((B, k, d), dtype=E.dtype, device=device(E))
-    block_d = min(256, max(16, _pow2(d)))
-    while block_d > 32 and B * k * -(-d // block_d) < 1024:  # enough programs to fill a GPU
-        block_d //= 2
-    block_p = min(_pow2(P), max(1, 4096 // block_d))
+    block_p, block_d, chunks = _gather_shape(B * k, P, d)
+    p_chunk = -(-P // chunks)
+    p_chunk = -(-p_chunk // block_p) * block_p
+    chunks = -(-P // p_chunk)
+    if chunks == 1:
+        out = xp.empty((B, k, d), dtype=E.dtype, device=device(E))
+    else:  # float32 partial sums of the member chunks, added below
+        out = xp.empty((chunks, B, k, d), dtype=xp.float32, device=device(E))
     _launch(
         kernels().gather_sum_kernel,
-        (B * k, -(-d // block_d)),
+        (B * k, -(-d // block_d), chunks),
         _contiguous(indices),
         _contiguous(weights),
         _contiguous(scores),
@@ -139,10 +160,13 @@ def gather_sum(xp: Any, indices: Any, weights: Any, scores: Any, E: Any) -> Any:
         P,
         n,
         d,
+        p_chunk,
         BLOCK_P=block_p,
         BLOCK_D=block_d,
     )
-    return out
+    if chunks == 1:
+        return out
+    return xp.astype(xp.sum(out, axis=0), E.dtype)
 
 
 def rows_backward(
