@@ -39,12 +39,11 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 #: The largest padded row (a power of two) that one program sorts in one block.
-#: Compiled for sm_90 (``triton.compile`` and ``ptxas -v``, no GPU needed): a
-#: 2048-item plan uses 204 registers at 8 warps without spills, a 4096-item plan
-#: 255 registers and 40 bytes of spills at 8 warps (128 registers and 64 bytes
-#: at 16). Longer rows take one sort and one launch per round. Whether 4096 or
-#: 2048 is the faster limit is unmeasured (no GPU was available).
-MAX_ROW_BLOCK = 4096
+#: Compiled for sm_90 (``triton.compile`` and ``ptxas -v``, no GPU needed), a plan
+#: of 2048 items uses 198 registers at 8 warps without spills; 4096 items spill
+#: (255 registers and 80 bytes at 8 warps). A longer row first halves in
+#: per-round launches (one for a row of 4096). Unmeasured on a GPU.
+MAX_ROW_BLOCK = 2048
 
 #: ``log(finfo(float32).max) - 1``, the clip of the power weighting (as in ``pair_gap``).
 POWER_CAP = math.log(3.4028234663852886e38) - 1.0

@@ -182,7 +182,7 @@ def rows_backward(
         return None, None
     E = _contiguous(E)
     block_d = min(128, max(16, _pow2(d)))
-    block_r = max(1, 2048 // block_d)
+    block_r = max(1, 1024 // block_d)  # 2048-element tiles took 214 registers (ptxas, sm_90)
     _launch(
         kernels().rows_backward_kernel,
         (-(-(B * n) // block_r),),
@@ -298,7 +298,7 @@ def tournament(
             RECORD=record,
             SORT_SLOTS=order == "score",
             BLOCK=block,
-            num_warps=4 if block <= 1024 else 8,
+            num_warps=4 if block <= 512 else 8,  # 1024 items at 4 warps spilled (ptxas, sm_90)
         )
     else:  # k itself is too large for one program: no rounds are left
         final = _contiguous(cur)
@@ -417,7 +417,7 @@ def tournament_backward(xp: Any, sel: Selection, dw_items: Any, d_scores: Any, b
         POWER=power,
         PRECISE=_compiled(dw_items),
         BLOCK=min(kernels().BACKWARD_BLOCK, max(16, _pow2(m))),
-        num_warps=4,
+        num_warps=8,  # 4 warps took 250 registers for blocks of 1024 (ptxas, sm_90)
     )
     return out
 
