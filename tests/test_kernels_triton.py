@@ -106,6 +106,15 @@ def _compile_cases(K):
             dict(POWER=True, PRECISE=True, BLOCK=1024),
             4,
         ),
+        # Triton specializes integer arguments equal to 1 as constants (n = k = 1): loops that
+        # reassign them must still compile
+        (K.plan_rows_kernel, plan, dict(flags, PRECISE=True, SORT_SLOTS=True, BLOCK=16, n=1, M0=1, m=1, k=1), 4),
+        (
+            K.tournament_backward_kernel,
+            {**plan, "grad_cap": "fp32"},
+            dict(POWER=False, PRECISE=True, BLOCK=16, m=1, k=1),
+            4,
+        ),
         (
             K.rows_backward_kernel,
             {**ints, "dv_ptr": "*fp16", "slot_ptr": "*i64", "E_ptr": "*fp16", "dE_ptr": "*fp16"},
@@ -127,7 +136,18 @@ def _cuda_compiler_reason() -> str | None:
 
 
 @pytest.mark.parametrize(
-    "index", range(6), ids=["plan_rows", "plan_round", "expand", "gather_sum", "tournament_backward", "rows_backward"]
+    "index",
+    range(8),
+    ids=[
+        "plan_rows",
+        "plan_round",
+        "expand",
+        "gather_sum",
+        "tournament_backward",
+        "plan_rows_n1",
+        "tournament_backward_m1",
+        "rows_backward",
+    ],
 )
 def test_kernels_compile_for_sm90(index):
     reason = _cuda_compiler_reason()

@@ -97,6 +97,7 @@ PLAN_CASES = [
     ((3,), 19, 4, "power", "input", {"specials": True, "ties": True}),
     ((1,), 50, 2, "softmax", "input", {"ties": True, "masked": True}),
     ((2,), 50, 20, "power", "input", {"masked": True}),  # per-round: k too large for one program
+    ((2,), 1, 1, "softmax", "input", {}),
 ]
 
 
