@@ -61,15 +61,18 @@ def test_engine_choice(monkeypatch):
     assert _kernels.engine(torch.zeros(2)) == "triton"
 
 
-def test_cupy_arrays_travel_as_pointers():
-    class FakeCupyArray:  # what the wrapper reads of a CuPy array
-        dtype = np.dtype("float32")
+@pytest.mark.parametrize(("dtype", "triton_type"), [("float32", "*fp32"), ("float16", "*fp16"), ("int64", "*i64")])
+def test_cupy_arrays_travel_as_pointers(dtype, triton_type):
+    from triton.runtime.jit import mangle_type
 
+    class FakeCupyArray:  # what the wrapper reads of a CuPy array: .data.ptr and a NumPy dtype
         class data:
-            ptr = 4096
+            ptr = 4096 * 3
 
+    FakeCupyArray.dtype = np.dtype(dtype)
     wrapped = triton_ops._CupyPointer(FakeCupyArray())
-    assert wrapped.data_ptr() == 4096 and str(wrapped.dtype) == "float32"
+    assert wrapped.data_ptr() == 4096 * 3
+    assert mangle_type(wrapped) == triton_type  # Triton takes it as a pointer argument of that type
 
 
 # ---------------------------------------------------------------- compile-only check for sm_90
