@@ -43,6 +43,7 @@ WHEELS=(
     platformdirs==4.14.8
     python-discovery==1.9.6
     pympler==1.1
+    importlib-metadata==10.2.0
 )
 PLATFORMS=(manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64)
 
