@@ -16,6 +16,8 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("runs under TRITON_INTERPRET=1, from tests/test_kernels_triton.py", allow_module_level=True)
@@ -235,3 +237,30 @@ def test_float64_runs_the_neutral_core(triton_engine, monkeypatch, rng):
     out = shtopk.successive_halving_topk(E, v, 2)
     out.values.sum().backward()
     assert torch.isfinite(v.grad).all()
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    rows=st.integers(1, 40).flatmap(
+        lambda n: st.lists(
+            st.lists(
+                st.sampled_from([-1.5, -1.0, 0.0, 0.5, 1.0, 2.0, -math.inf, math.inf, math.nan]), min_size=n, max_size=n
+            ),
+            min_size=1,
+            max_size=2,
+        )
+    ),
+    k_fraction=st.floats(0.0, 1.0),
+    weighting=st.sampled_from(["softmax", "power"]),
+    order=st.sampled_from(["score", "input"]),
+)
+def test_plan_equals_neutral_on_tied_and_special_scores(rows, k_fraction, weighting, order):
+    v = torch.tensor(rows, dtype=torch.float32)
+    n = v.shape[-1]
+    k = max(1, min(n, round(k_fraction * n)))
+    flat = flatten(xp, "cpu", None, v, None, k)
+    args = (xp, flat.s, flat.valid, flat.poison, k)
+    opts = dict(boost=2.0, weighting=weighting, order=order, record=True)
+    want = neutral_tournament(*args, **opts)
+    got = triton_ops.tournament(*args, **opts)
+    _assert_same_selection(want, got, record=True)
