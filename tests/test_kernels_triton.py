@@ -177,34 +177,36 @@ def test_kernels_compile_for_sm90(index):
 def _gpu_inputs(backend, rng, B, n, d, dtype):
     E = backend.asarray(rng.normal(size=(B, n, d)), dtype)
     v_np = rng.normal(size=(B, n))
-    v_np[0, 7] = np.nan
+    v_np[0, 7] = np.nan  # row 0 poisoned
     v = backend.asarray(v_np, dtype)
     mask = backend.asarray(rng.random((B, n)) < 0.9)
-    dv = backend.asarray(rng.normal(size=(B, min(n, 64), d)), dtype)
-    return E, v, mask, dv
+    return E, v, mask
 
 
+@pytest.mark.parametrize(("weighting", "order"), [("softmax", "score"), ("power", "input")])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize(("n", "k"), [(1000, 64), (5000, 8), (3000, 3000)], ids=["one-program", "per-round", "k=n"])
 @pytest.mark.parametrize("backend", ["cupy", "torch-cuda"], indirect=True)  # skipped with the reason without a GPU
-def test_gpu_operator_equals_neutral(backend, monkeypatch, rng, dtype, n, k):
+def test_gpu_operator_equals_neutral(backend, monkeypatch, rng, dtype, n, k, weighting, order):
     monkeypatch.delenv("SHTOPK_KERNELS", raising=False)
-    E, v, mask, _ = _gpu_inputs(backend, rng, 4, n, 96, dtype)
+    E, v, mask = _gpu_inputs(backend, rng, 4, n, 96, dtype)
     assert _kernels.engine(E, v) == "triton"
     dv = backend.asarray(rng.normal(size=(4, k, 96)), dtype)
+    opts = dict(weighting=weighting, order=order, mask=mask, boost=3.0 if weighting == "power" else 10.0)
     results = {}
     for choice in ("auto", "neutral"):
         monkeypatch.setenv("SHTOPK_KERNELS", choice)
-        p = shtopk.plan(v, k, mask=mask)
-        out, pullback = shtopk.vjp.successive_halving_topk(E, v, k, mask=mask)
+        p = shtopk.plan(v, k, **opts)
+        out, pullback = shtopk.vjp.successive_halving_topk(E, v, k, **opts)
         results[choice] = [p.indices, p.weights, out.values, out.scores, *pullback(dv)]
-    tol = TOL[dtype]
     for i, (g, w) in enumerate(zip(results["auto"], results["neutral"], strict=True)):
         g, w = backend.to_numpy(g), backend.to_numpy(w)
         if i == 0:
             np.testing.assert_array_equal(g, w)
-        else:
-            np.testing.assert_allclose(g, w, equal_nan=True, **tol)
+            continue
+        scale = max(1.0, float(np.nanmax(np.abs(w), initial=0.0)))  # dv sums many terms: tolerance by magnitude
+        rtol, atol = (1.6e-2, 1.6e-2) if dtype == "bfloat16" else (1e-4, 1e-5)
+        np.testing.assert_allclose(g, w, equal_nan=True, rtol=rtol, atol=atol * scale)
 
 
 def test_gpu_torch_has_no_host_synchronization(rng):
