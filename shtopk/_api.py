@@ -10,7 +10,7 @@ from ._core.flat import Flat, flatten
 from ._core.metric import nccs as _nccs
 from ._kernels import gather_sum
 from ._operators import HardTopK, IterativeSoftmax, SuccessiveHalving
-from ._types import Plan, TopK
+from ._types import ArrayT, Plan, ScoresT, TopK, ValuesT
 from ._validation import (
     ORDERS,
     WEIGHTINGS,
@@ -66,7 +66,7 @@ def _needs_torch_autograd(inp: Inputs) -> bool:
     return torch.is_grad_enabled() and (inp.E.requires_grad or inp.v.requires_grad)
 
 
-def run_operator(op: Any, inp: Inputs) -> TopK:
+def run_operator(op: Any, inp: Inputs) -> TopK[Any, Any]:
     """Run ``op`` forward; torch tensors that require grad go through autograd."""
     if _needs_torch_autograd(inp):
         from .torch import autograd_run
@@ -78,8 +78,8 @@ def run_operator(op: Any, inp: Inputs) -> TopK:
 
 
 def successive_halving_topk(
-    E: Any,
-    v: Any,
+    E: ValuesT,
+    v: ScoresT,
     k: int,
     /,
     *,
@@ -87,7 +87,7 @@ def successive_halving_topk(
     weighting: str = "softmax",
     mask: Any = None,
     order: str = "score",
-) -> TopK:
+) -> TopK[ValuesT, ScoresT]:
     """Differentiable top-k of the rows of ``E`` by score ``v``, by successive halving.
 
     A tournament of ``R = ceil(log2(n / k))`` rounds: every round sorts the
@@ -157,7 +157,7 @@ def successive_halving_topk(
     return run_operator(successive_halving_operator(boost, weighting, order), check_inputs(E, v, k, mask))
 
 
-def hard_topk(E: Any, v: Any, k: int, /, *, mask: Any = None, order: str = "score") -> TopK:
+def hard_topk(E: ValuesT, v: ScoresT, k: int, /, *, mask: Any = None, order: str = "score") -> TopK[ValuesT, ScoresT]:
     """Exact top-k: the rows of ``E`` with the k highest scores (ties to the lower index).
 
     Items with score ``-inf`` or NaN, or masked out, are never selected; with
@@ -194,7 +194,9 @@ def hard_topk(E: Any, v: Any, k: int, /, *, mask: Any = None, order: str = "scor
     return run_operator(hard_operator(order), check_inputs(E, v, k, mask))
 
 
-def iterative_softmax_topk(E: Any, v: Any, k: int, /, *, alpha: float = 1.0, mask: Any = None) -> TopK:
+def iterative_softmax_topk(
+    E: ValuesT, v: ScoresT, k: int, /, *, alpha: float = 1.0, mask: Any = None
+) -> TopK[ValuesT, ScoresT]:
     """The iterative softmax top-k baseline (Goyal et al. 2017; the paper's Algorithm 1).
 
     Output row ``i`` is ``p_i @ E`` with score ``p_i @ v``, where
@@ -235,7 +237,7 @@ def iterative_softmax_topk(E: Any, v: Any, k: int, /, *, alpha: float = 1.0, mas
 
 
 def plan(
-    v: Any,
+    v: ArrayT,
     k: int,
     /,
     *,
@@ -243,7 +245,7 @@ def plan(
     weighting: str = "softmax",
     mask: Any = None,
     order: str = "score",
-) -> Plan:
+) -> Plan[ArrayT]:
     """The successive-halving selection computed from the scores alone.
 
     ``apply(plan(v, k, **kw), E)`` equals ``successive_halving_topk(E, v, k, **kw)``;
@@ -287,7 +289,7 @@ def plan(
     )
 
 
-def apply(plan: Plan, E: Any, /) -> TopK:
+def apply(plan: Plan[ArrayT], E: ValuesT, /) -> TopK[ValuesT, ArrayT]:
     """Apply a :class:`Plan` to ``E``: ``values[..., j, :] = sum_r weights[..., j, r] * E[..., indices[..., j, r], :]``.
 
     Parameters

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Generic, NamedTuple, TypeVar
+
+#: The array type of ``values`` (E's array type: ``numpy.ndarray``, ``torch.Tensor``, ...).
+ValuesT = TypeVar("ValuesT")
+#: The array type of ``scores`` (v's array type).
+ScoresT = TypeVar("ScoresT")
+#: The array type of a plan's fields (v's library: ``numpy.ndarray``, ``torch.Tensor``, ...).
+ArrayT = TypeVar("ArrayT")
 
 
-class TopK(NamedTuple):
+class TopK(NamedTuple, Generic[ValuesT, ScoresT]):
     """The k selected (or softly selected) vectors and their scores.
+
+    Generic over the caller's array types: ``successive_halving_topk(E, v, k)``
+    returns ``TopK[type(E), type(v)]`` to a type checker, so ``out.values`` has
+    E's type (``numpy.ndarray``, ``torch.Tensor``, ...).
 
     Attributes
     ----------
@@ -26,12 +37,19 @@ class TopK(NamedTuple):
     array([0.7, 0.5])
     """
 
-    values: Any
-    scores: Any
+    values: ValuesT
+    scores: ScoresT
 
 
-class Plan(NamedTuple):
+class Plan(NamedTuple, Generic[ArrayT]):
     """A selection computed from the scores alone, to be applied to any tensor.
+
+    ``indices`` and ``weights`` are the selection (which input rows make up
+    each output row, and with which weight); apply it with :func:`shtopk.apply`.
+    Generic over the array type of the scores' library: ``plan(v, k)`` returns
+    ``Plan[type(v)]``. The static type names the library's array class; the
+    dtypes are as listed below (``indices`` is an integer array even where a
+    type checker knows ``v`` as, say, ``NDArray[np.float32]``).
 
     Output row ``j`` of ``apply(plan, X)`` is
     ``sum(plan.weights[..., j, r] * X[..., plan.indices[..., j, r], :] for r)``.
@@ -62,6 +80,6 @@ class Plan(NamedTuple):
     (array([1, 3]), array([1., 1.]))
     """
 
-    indices: Any
-    weights: Any
-    scores: Any
+    indices: ArrayT
+    weights: ArrayT
+    scores: ArrayT

@@ -13,7 +13,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import torch
+try:
+    import torch
+except ModuleNotFoundError as exc:  # name the extra instead of a bare "No module named 'torch'"
+    if exc.name != "torch":
+        raise
+    raise ModuleNotFoundError(
+        "shtopk.torch needs PyTorch, which is not installed: install shtopk's torch extra "
+        '(pip install "shtopk[torch]", or pip install ".[torch]" in a checkout) '
+        "or the torch build for your platform (https://pytorch.org/get-started/locally/)",
+        name="torch",
+    ) from exc
 from torch.autograd.function import once_differentiable
 
 from ._api import DEFAULT_BOOST, flatten_inputs, run_operator, successive_halving_operator
@@ -67,7 +77,7 @@ class OperatorFunction(torch.autograd.Function):
         return dE, dv, None, None
 
 
-def autograd_run(op: Any, inp: Inputs) -> TopK:
+def autograd_run(op: Any, inp: Inputs) -> TopK[torch.Tensor, torch.Tensor]:
     """Run ``op`` on tensors that require grad, through :class:`OperatorFunction`."""
     values, scores = OperatorFunction.apply(inp.E, inp.v, op, inp)
     return TopK(values, scores)
@@ -117,7 +127,9 @@ class SuccessiveHalvingTopK(torch.nn.Module):
     def order(self) -> str:
         return self._op.order
 
-    def forward(self, E: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> TopK:
+    def forward(
+        self, E: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> TopK[torch.Tensor, torch.Tensor]:
         return run_operator(self._op, check_inputs(E, v, self.k, mask))
 
     def extra_repr(self) -> str:

@@ -32,15 +32,16 @@ from ._api import (
     iterative_operator,
     successive_halving_operator,
 )
-from ._types import TopK
+from ._types import ScoresT, TopK, ValuesT
 from ._validation import Inputs, check_inputs, check_real_floating, check_same_library
 
 __all__ = ["hard_topk", "iterative_softmax_topk", "successive_halving_topk"]
 
-Pullback = Callable[..., tuple[Any, Any]]
+#: ``pullback(d_values, d_scores=None) -> (dE, dv)``, shaped and typed like ``(E, v)``.
+Pullback = Callable[..., tuple[ValuesT, ScoresT]]
 
 
-def _with_pullback(op: Any, inp: Inputs) -> tuple[TopK, Pullback]:
+def _with_pullback(op: Any, inp: Inputs) -> tuple[TopK[Any, Any], Pullback[Any, Any]]:
     flat = flatten_inputs(inp)
     values, scores, saved = op.forward(flat, record=True)
     out = TopK(flat.unflatten_values(values), flat.unflatten_scores(scores))
@@ -81,8 +82,8 @@ def _check_cotangent(xp: Any, x: Any, name: str, like: Any, ref: Any) -> None:
 
 
 def successive_halving_topk(
-    E: Any,
-    v: Any,
+    E: ValuesT,
+    v: ScoresT,
     k: int,
     /,
     *,
@@ -90,7 +91,7 @@ def successive_halving_topk(
     weighting: str = "softmax",
     mask: Any = None,
     order: str = "score",
-) -> tuple[TopK, Pullback]:
+) -> tuple[TopK[ValuesT, ScoresT], Pullback[ValuesT, ScoresT]]:
     """:func:`shtopk.successive_halving_topk` with its pullback ``(d_values, d_scores=None) -> (dE, dv)``.
 
     Arguments as in :func:`shtopk.successive_halving_topk`. The pullback maps
@@ -111,7 +112,9 @@ def successive_halving_topk(
     return _with_pullback(op, check_inputs(E, v, k, mask))
 
 
-def hard_topk(E: Any, v: Any, k: int, /, *, mask: Any = None, order: str = "score") -> tuple[TopK, Pullback]:
+def hard_topk(
+    E: ValuesT, v: ScoresT, k: int, /, *, mask: Any = None, order: str = "score"
+) -> tuple[TopK[ValuesT, ScoresT], Pullback[ValuesT, ScoresT]]:
     """:func:`shtopk.hard_topk` with its pullback ``(d_values, d_scores=None) -> (dE, dv)``.
 
     The selected rows receive the cotangents of their output rows; the others 0.
@@ -132,7 +135,9 @@ def hard_topk(E: Any, v: Any, k: int, /, *, mask: Any = None, order: str = "scor
     return _with_pullback(hard_operator(order), check_inputs(E, v, k, mask))
 
 
-def iterative_softmax_topk(E: Any, v: Any, k: int, /, *, alpha: float = 1.0, mask: Any = None) -> tuple[TopK, Pullback]:
+def iterative_softmax_topk(
+    E: ValuesT, v: ScoresT, k: int, /, *, alpha: float = 1.0, mask: Any = None
+) -> tuple[TopK[ValuesT, ScoresT], Pullback[ValuesT, ScoresT]]:
     """:func:`shtopk.iterative_softmax_topk` with its pullback ``(d_values, d_scores=None) -> (dE, dv)``.
 
     Examples

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-triton = pytest.importorskip("triton", reason="Triton is not installed (pip install 'shtopk[triton]')")
+triton = pytest.importorskip("triton", reason="Triton is not installed (pip install '.[triton]')")
 torch = pytest.importorskip("torch", reason="the Triton kernels are tested on torch tensors")
 
 import shtopk  # noqa: E402

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("runs under TRITON_INTERPRET=1, from tests/test_kernels_triton.py", allow_module_level=True)
 
-triton = pytest.importorskip("triton", reason="Triton is not installed (pip install 'shtopk[triton]')")
+triton = pytest.importorskip("triton", reason="Triton is not installed (pip install '.[triton]')")
 torch = pytest.importorskip("torch", reason="the interpreter tests run on torch CPU tensors")
 
 import array_api_compat.torch as xp  # noqa: E402
