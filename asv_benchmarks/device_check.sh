@@ -25,7 +25,7 @@
 #
 # Other modes: --dry-run prints the commands without running them; --help prints this text.
 #
-# Budgets: DEVICE_CHECK_TESTS_S (150), DEVICE_CHECK_TABLE_S (170), DEVICE_CHECK_ASV_S (130).
+# Budgets: DEVICE_CHECK_TESTS_S (140), DEVICE_CHECK_TABLE_S (170), DEVICE_CHECK_ASV_S (130).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -71,7 +71,7 @@ if [ "$MODE" = fetch ]; then
         "${platform_args[@]}" -d .whl "${WHEELS[@]}"
 fi
 
-TESTS_S="${DEVICE_CHECK_TESTS_S:-150}"
+TESTS_S="${DEVICE_CHECK_TESTS_S:-140}"
 TABLE_S="${DEVICE_CHECK_TABLE_S:-170}"
 ASV_S="${DEVICE_CHECK_ASV_S:-130}"
 SUMMARY=()
@@ -103,7 +103,7 @@ echo "shtopk device check, $(date -u +%Y-%m-%dT%H:%M:%SZ), output in $DIR"
 # 1. what the image lacks, from the carried wheels, beside (not into) the image's environment
 SITE=/tmp/shtopk-site
 if compgen -G ".whl/*.whl" > /dev/null; then
-    step "install carried wheels" 120 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    step "install carried wheels" 30 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
         --upgrade --target "$SITE" .whl/*.whl
 else
     echo "no wheels in .whl/ (see --fetch-wheels): using what the image has"

@@ -37,7 +37,8 @@ def test_dry_run_plans_every_step_within_budget(tmp_path):
     assert "gpu_table.py --backend torch cupy" in out
     assert "track_commits.py abc123 def456 --bench DeviceTime" in out
     budgets = [int(part.split("s)")[0]) for part in out.split("(at most ")[1:]]
-    assert len(budgets) == 3 and sum(budgets) <= 8 * 60 - 30  # room for the install and start-up
+    # the three steps, and the install when .whl/ holds wheels: all inside 8 minutes, with room to start
+    assert len(budgets) in (3, 4) and sum(budgets) <= 8 * 60 - 10
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
 
 
