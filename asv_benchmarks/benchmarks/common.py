@@ -68,7 +68,11 @@ def library(backend: str) -> Any:
 
 
 def check_size(backend: str, method: str, n: int, k: int, d: int, dtype: str) -> None:
-    """Skip what cannot or should not run on this backend."""
+    """Skip what cannot or should not run on this backend, and methods that
+    ``SHTOPK_BENCH_METHODS`` (a comma-separated list, when set) leaves out."""
+    chosen = os.environ.get("SHTOPK_BENCH_METHODS")
+    if chosen and method not in chosen.split(","):
+        raise NotImplementedError(f"SHTOPK_BENCH_METHODS={chosen} leaves out {method}")
     library(backend)
     if k >= n:
         raise NotImplementedError("k >= n")
