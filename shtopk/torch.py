@@ -40,6 +40,11 @@ class OperatorFunction(torch.autograd.Function):
     the plan (a few numbers per item), and its backward computes only the
     gradients that are needed. Once differentiable (no double backward).
 
+    See Also
+    --------
+    SuccessiveHalvingTopK : The layer that uses it.
+    shtopk.vjp : The manual pullbacks it wraps.
+
     Examples
     --------
     >>> import torch
@@ -92,6 +97,11 @@ class SuccessiveHalvingTopK(torch.nn.Module):
         How many vectors to keep.
     boost, weighting, order
         As in :func:`shtopk.successive_halving_topk`.
+
+    See Also
+    --------
+    shtopk.successive_halving_topk : The function it calls, with every argument.
+    shtopk.plan : One selection for several tensors.
 
     Examples
     --------
