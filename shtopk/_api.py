@@ -138,6 +138,14 @@ def successive_halving_topk(
         ``values`` (..., k, d) in E's library, device and dtype; ``scores``
         (..., k) in v's dtype.
 
+    See Also
+    --------
+    plan, apply : The same selection in two steps: from the scores alone, then applied to any tensors.
+    hard_topk : The exact top-k, the large-``boost`` limit.
+    iterative_softmax_topk : The iterative softmax baseline of the paper.
+    shtopk.vjp.successive_halving_topk : With its manual pullback (CuPy, NumPy).
+    shtopk.torch.SuccessiveHalvingTopK : As a PyTorch layer.
+
     Notes
     -----
     The weights are computed in at least float32. A NaN score on an item that
@@ -192,6 +200,12 @@ def hard_topk(E: ValuesT, v: ScoresT, k: int, *, mask: Any = None, order: str = 
     -------
     TopK
 
+    See Also
+    --------
+    successive_halving_topk : Its differentiable relaxation.
+    nccs : How close a relaxation comes to it.
+    shtopk.vjp.hard_topk : With its manual pullback.
+
     Examples
     --------
     >>> import numpy as np
@@ -234,12 +248,17 @@ def iterative_softmax_topk(
     -------
     TopK
 
+    See Also
+    --------
+    successive_halving_topk : The tournament, better and cheaper at large k.
+    shtopk.vjp.iterative_softmax_topk : With its manual pullback.
+
     Examples
     --------
     >>> import numpy as np
     >>> import shtopk
     >>> out = shtopk.iterative_softmax_topk(np.eye(3), np.array([0.0, 0.5, 1.0]), 2)
-    >>> out.values.round(3)  # row i is the distribution p_i: far from one-hot at alpha = 1
+    >>> out.values.round(3)  # row i: the distribution p_i, far from one-hot
     array([[0.171, 0.363, 0.466],
            [0.438, 0.562, 0.   ]])
     """
@@ -269,6 +288,12 @@ def plan(
         ``weights`` (..., k, 2**R) in at least float32 (each output row's
         weights sum to 1; padding and masked members have weight exactly 0),
         ``scores`` (..., k) in v's dtype.
+
+    See Also
+    --------
+    apply : Apply the plan to a tensor.
+    Plan : Its fields: ``indices`` and ``weights`` are the selection.
+    successive_halving_topk : Plan and apply in one call.
 
     Examples
     --------
@@ -320,6 +345,11 @@ def apply(plan: Plan[ArrayT], E: ValuesT) -> TopK[ValuesT, ArrayT]:
     TopK
         ``values`` (..., k, d) in E's dtype (rows whose score is ``-inf`` are
         zero) and the plan's ``scores``.
+
+    See Also
+    --------
+    plan : Compute the plan from the scores.
+    successive_halving_topk : Plan and apply in one call.
 
     Examples
     --------
@@ -400,6 +430,11 @@ def nccs(Y_true: Any, Y_pred: Any) -> Any:
     -------
     array, shape (...)
         In at least float32. A zero vector has cosine 0 with everything.
+
+    See Also
+    --------
+    hard_topk : The exact top-k, the usual ``Y_true``.
+    successive_halving_topk : The relaxation it measures.
 
     Examples
     --------

@@ -29,6 +29,11 @@ class TopK(NamedTuple, Generic[ValuesT, ScoresT]):
         Output rows without any valid member have score ``-inf`` (and a zero
         vector in ``values``).
 
+    See Also
+    --------
+    successive_halving_topk, hard_topk, iterative_softmax_topk, apply : Return it.
+    Plan : A selection without the values.
+
     Examples
     --------
     >>> import numpy as np
@@ -110,14 +115,20 @@ class Plan(_PlanFields[ArrayT]):
     built_for : PlanTarget or None
         What the plan was built for (None for a hand-made Plan).
 
+    See Also
+    --------
+    plan : Compute one from the scores.
+    apply : Apply it to a tensor.
+    TopK : The result of applying it.
+
     Examples
     --------
     >>> import numpy as np
     >>> import shtopk
     >>> p = shtopk.plan(np.array([0.1, 0.9, 0.3, 0.8, 0.5]), 2, boost=1e6)
-    >>> p.indices.shape  # 2 output rows of 2**R = 4 members (n = 5 padded to 8)
+    >>> p.indices.shape  # 2 rows of 2**R = 4 members (n = 5 padded to 8)
     (2, 4)
-    >>> p.indices[:, 0], p.weights[:, 0]  # each row's best member, with all the weight
+    >>> p.indices[:, 0], p.weights[:, 0]  # each row's best member, all the weight
     (array([1, 3]), array([1., 1.]))
     >>> p.built_for.n, p.built_for.batch_shape
     (5, ())

@@ -51,6 +51,11 @@ class SuccessiveHalvingTopK(torch.nn.Module):
     boost, weighting, order
         As in :func:`shtopk.successive_halving_topk`.
 
+    See Also
+    --------
+    shtopk.successive_halving_topk : The function it calls, with every argument.
+    shtopk.plan : One selection for several tensors.
+
     Examples
     --------
     >>> import torch

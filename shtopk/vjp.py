@@ -99,14 +99,20 @@ def successive_halving_topk(
     the cotangents of ``(values, scores)`` to those of ``(E, v)``; it can be
     called several times.
 
+    See Also
+    --------
+    shtopk.successive_halving_topk : Without the pullback; with torch autograd.
+    shtopk.plan : The selection from the scores alone.
+
     Examples
     --------
     >>> import numpy as np
     >>> from shtopk import vjp
     >>> E, v = np.eye(4), np.array([0.1, 0.9, 0.3, 0.8])
     >>> out, pullback = vjp.successive_halving_topk(E, v, 2, boost=5.0)
-    >>> dE, dv = pullback(np.zeros((2, 4)), d_scores=np.array([1.0, 0.0]))  # d(scores[0])
-    >>> int(np.argmax(dv))  # raising the best score raises the first output score most
+    >>> d_scores = np.array([1.0, 0.0])  # the gradient of out.scores[0]
+    >>> dE, dv = pullback(np.zeros((2, 4)), d_scores=d_scores)
+    >>> int(np.argmax(dv))  # the best item's score moves out.scores[0] most
     1
     """
     op = successive_halving_operator(boost, weighting, order)
@@ -119,6 +125,10 @@ def hard_topk(
     """:func:`shtopk.hard_topk` with its pullback ``(d_values, d_scores=None) -> (dE, dv)``.
 
     The selected rows receive the cotangents of their output rows; the others 0.
+
+    See Also
+    --------
+    shtopk.hard_topk : Without the pullback; with torch autograd.
 
     Examples
     --------
@@ -141,13 +151,18 @@ def iterative_softmax_topk(
 ) -> tuple[TopK[ValuesT, ScoresT], Pullback[ValuesT, ScoresT]]:
     """:func:`shtopk.iterative_softmax_topk` with its pullback ``(d_values, d_scores=None) -> (dE, dv)``.
 
+    See Also
+    --------
+    shtopk.iterative_softmax_topk : Without the pullback; with torch autograd.
+
     Examples
     --------
     >>> import numpy as np
     >>> from shtopk import vjp
-    >>> out, pullback = vjp.iterative_softmax_topk(np.eye(3), np.array([0.0, 0.5, 1.0]), 2)
+    >>> E, v = np.eye(3), np.array([0.0, 0.5, 1.0])
+    >>> out, pullback = vjp.iterative_softmax_topk(E, v, 2)
     >>> dE, dv = pullback(np.ones((2, 3)))
-    >>> dE.sum(axis=-1).round(3)  # each row of E enters each output with its probability
+    >>> dE.sum(axis=-1).round(3)  # 3 x each row's total probability
     array([1.828, 2.775, 1.398])
     """
     return _with_pullback(iterative_operator(alpha), check_inputs(E, v, k, mask))
