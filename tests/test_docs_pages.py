@@ -52,7 +52,7 @@ def public_objects():
     names = ["successive_halving_topk", "hard_topk", "iterative_softmax_topk", "plan", "apply", "nccs", "TopK", "Plan"]
     objs = [getattr(shtopk, name) for name in names]
     objs += [shtopk.vjp.successive_halving_topk, shtopk.vjp.hard_topk, shtopk.vjp.iterative_softmax_topk]
-    objs += [shtopk.torch.SuccessiveHalvingTopK, shtopk.torch.OperatorFunction]
+    objs += [shtopk.torch.SuccessiveHalvingTopK]
     return objs
 
 
