@@ -35,7 +35,7 @@ METHODS: dict[str, tuple[str, Callable[..., Any]]] = {
 PAPER_N = tuple(2**a for a in range(4, 15))
 PAPER_K = tuple(2**b for b in range(1, 12))
 #: The default grid: n/k from 2 to 8192, every power of two of n up to 4096 (the small n are
-#: cheap) and 16384, in about 2 minutes on 2 CPU cores.
+#: cheap) and 16384, in about a minute on 2 idle CPU cores.
 DEFAULT_N = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 16384)
 DEFAULT_K = (2, 8, 64, 512)
 
