@@ -105,7 +105,7 @@ def _compile_cases(K):
         ),
         (
             K.tournament_backward_kernel,
-            {**plan, "grad_cap": "fp32"},
+            {**plan, "grad_cap": "fp32", "log_log_boost": "fp32"},
             dict(POWER=True, PRECISE=True, BLOCK=1024),
             4,
         ),
@@ -114,7 +114,7 @@ def _compile_cases(K):
         (K.plan_rows_kernel, plan, dict(flags, PRECISE=True, SORT_SLOTS=True, BLOCK=16, n=1, M0=1, m=1, k=1), 4),
         (
             K.tournament_backward_kernel,
-            {**plan, "grad_cap": "fp32"},
+            {**plan, "grad_cap": "fp32", "log_log_boost": "fp32"},
             dict(POWER=False, PRECISE=True, BLOCK=16, m=1, k=1),
             4,
         ),

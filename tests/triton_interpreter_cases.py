@@ -31,6 +31,7 @@ import shtopk  # noqa: E402
 from shtopk import _kernels  # noqa: E402
 from shtopk._core.apply import neutral_gather_sum, neutral_rows_backward  # noqa: E402
 from shtopk._core.flat import flatten  # noqa: E402
+from shtopk._core.plan import Selection  # noqa: E402
 from shtopk._core.plan import tournament as neutral_tournament  # noqa: E402
 from shtopk._core.plan_backward import neutral_tournament_backward  # noqa: E402
 from shtopk._kernels import triton_ops  # noqa: E402
@@ -124,10 +125,13 @@ def test_plan_equals_neutral(kernels, rng, one_program, batch, n, k, weighting, 
     ds_want = neutral_tournament_backward(xp, want, dw, d_scores, boost, weighting)
     ds_got = neutral_tournament_backward(xp, got, dw, d_scores, boost, weighting)
     torch.testing.assert_close(ds_got, ds_want, equal_nan=True, rtol=1e-4, atol=1e-5)
-    # and the Triton tournament backward gives them too
-    assert triton_ops.recorded_here(got) and not triton_ops.recorded_here(want)
-    ds_kernel = triton_ops.tournament_backward(xp, got, dw, d_scores, boost, weighting)
-    torch.testing.assert_close(ds_kernel, ds_want, equal_nan=True, rtol=1e-4, atol=1e-5)
+    # and the Triton tournament backward gives them too, from its own record, from the same
+    # rounds as a plain list (as the torch custom op unpacks a saved record) and from the neutral record
+    plain = Selection(None, None, None, got.slot_of_row, got.weight_of_row, list(got.rounds), got.inv_perm)
+    for sel in (got, plain, want):
+        assert triton_ops.backward_reads(sel)
+        ds_kernel = triton_ops.tournament_backward(xp, sel, dw, d_scores, boost, weighting)
+        torch.testing.assert_close(ds_kernel, ds_want, equal_nan=True, rtol=1e-4, atol=1e-5)
 
 
 def test_plan_without_record(kernels, rng):
@@ -264,3 +268,36 @@ def test_plan_equals_neutral_on_tied_and_special_scores(rows, k_fraction, weight
     want = neutral_tournament(*args, **opts)
     got = triton_ops.tournament(*args, **opts)
     _assert_same_selection(want, got, record=True)
+
+
+@pytest.mark.parametrize(
+    ("weighting", "boost", "row"),
+    [
+        # gaps that overflow (scores at both ends of the range), +inf against finite and tied, a tie at boost 1e38
+        ("softmax", 1e38, [3e38, -3e38, 1e30, math.inf, math.inf, 2.0, 2.0, -1e38, 0.5, -math.inf, 1.0]),
+        ("softmax", 3.0, [3e38, -3e38, 1e30, math.inf, 5.0, 2.0, 2.0, -1e38, 0.5, -math.inf, 1.0]),
+        # boost ** s beyond float32 (and +inf scores): cotangents formed in log space, saturated
+        ("power", 2.0, [200.0, 199.5, 150.0, 130.0, math.inf, 3.0, -2.0, 128.0, 128.0, -math.inf, 1e30]),
+        ("power", 1e30, [3.0, 2.99, 2.0, 1.0, 0.5, 0.5, -1.0, -3e38, 3e38, -math.inf, 7.0]),
+    ],
+)
+def test_backward_of_extreme_scores_equals_neutral(kernels, rng, weighting, boost, row):
+    v = torch.tensor([row, row[::-1]], dtype=torch.float32)
+    k = 2
+    flat = flatten(xp, "cpu", None, v, None, k)
+    args = (xp, flat.s, flat.valid, flat.poison, k)
+    opts = dict(boost=boost, weighting=weighting, order="score", record=True)
+    want = neutral_tournament(*args, **opts)
+    got = triton_ops.tournament(*args, **opts)
+    _assert_same_selection(want, got, record=True)
+    for rd_got, rd_want in zip(got.rounds, want.rounds, strict=True):
+        assert torch.equal(rd_got.gap, rd_want.gap) and torch.isfinite(rd_got.gap).all()
+    B, m = v.shape[0], k * got.indices.shape[-1]
+    for scale in (1.0, 1e30):  # large cotangents: the products saturate, never inf
+        dw = torch.from_numpy(rng.normal(size=(B, m)).astype(np.float32)) * scale
+        dw[:, v.shape[-1] :] = 0.0  # padding (as selection_backward pads)
+        d_scores = torch.from_numpy(rng.normal(size=(B, k)).astype(np.float32)) * scale
+        ds_want = neutral_tournament_backward(xp, want, dw, d_scores, boost, weighting)
+        ds_got = triton_ops.tournament_backward(xp, got, dw, d_scores, boost, weighting)
+        assert torch.isfinite(ds_want).all()
+        torch.testing.assert_close(ds_got, ds_want, rtol=1e-4, atol=1e-5)

@@ -137,6 +137,6 @@ def tournament_backward(xp: Any, sel: Selection, dw_items: Any, d_scores: Any, b
     if engine(dw_items, d_scores) == "triton" and _triton_takes(xp, dw_items.dtype, d_scores.dtype):
         from . import triton_ops
 
-        if triton_ops.recorded_here(sel):
+        if triton_ops.backward_reads(sel):
             return triton_ops.tournament_backward(xp, sel, dw_items, d_scores, boost, weighting)
     return neutral_tournament_backward(xp, sel, dw_items, d_scores, boost, weighting)

@@ -51,8 +51,13 @@ POWER_CAP = math.log(3.4028234663852886e38) - 1.0
 #: Pairs per step of the tournament backward, which walks each round of a row in such blocks.
 BACKWARD_BLOCK = 1024
 
+#: The largest finite float32 (as ``finfo(float32).max``), where the backward's cotangents saturate.
+FLOAT32_MAX = 3.4028234663852886e38
+
 _ABSENT = tl.constexpr(0x7FFFFFFFFFFFFFFF)  # the key of places past the round's groups: sorts last
 _CAP = tl.constexpr(POWER_CAP)
+_BIG = tl.constexpr(FLOAT32_MAX)
+_QUARTER_BIG = tl.constexpr(FLOAT32_MAX / 4)
 
 
 @triton.jit
@@ -151,6 +156,51 @@ def _pair(s_hi, s_lo, boost, log_boost, POWER: tl.constexpr, PRECISE: tl.constex
     w_lo = tl.where(lo_valid, tl.div_rn(e, one_e), 0.0)
     merged = tl.where(lo_valid, w_hi * s_hi0 + w_lo * s_lo0, s_hi)
     return s_hi0, s_lo0, t, w_hi, w_lo, lo_valid, merged
+
+
+@triton.jit
+def _clip_max(x, hi):
+    """``clip(x, max=hi)`` keeping NaN (as the neutral core's ``xp.clip``)."""
+    return tl.minimum(x, hi, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _saturate(x):
+    """:func:`shtopk._core.finite.saturate`: ``x`` clipped to the finite float32 range, NaN kept."""
+    return tl.maximum(_clip_max(x, _BIG), -_BIG, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _softmax_pair_grad(dq, sigma, w_hi, w_lo, t, boost):
+    """Score cotangents ``(ds_hi, ds_lo)`` of softmax pairs
+    (:func:`shtopk._core.plan_backward._pair_weight_grad`)."""
+    ww = w_hi * w_lo
+    c = _saturate(dq * (ww * boost) + sigma * (ww * _clip_max(t, _BIG)))
+    return c, -c
+
+
+@triton.jit
+def _power_side(s, dq, sigma, log_ww, log_gap, lo_valid, has_gap, log_boost, grad_cap, PRECISE: tl.constexpr):
+    """One member's ``|ds|`` of power pairs: ``f = ww ln(b) b**s`` and ``gap * f`` in log space."""
+    e = tl.maximum(_clip_max(s * log_boost, _QUARTER_BIG), -_QUARTER_BIG, propagate_nan=tl.PropagateNan.ALL)
+    e = e + log_ww
+    f = tl.where(lo_valid, _exp(_clip_max(e, grad_cap), PRECISE), 0.0) * log_boost
+    gf = tl.where(has_gap, _exp(_clip_max(e + log_gap, _CAP), PRECISE), 0.0)
+    return _saturate(_saturate(dq * f) + _saturate(sigma * gf))
+
+
+@triton.jit
+def _power_pair_grad(
+    dq, sigma, s_hi, s_lo, gap, t, lo_valid, log_boost, log_log_boost, grad_cap, PRECISE: tl.constexpr
+):
+    """Score cotangents ``(ds_hi, ds_lo)`` of power pairs
+    (:func:`shtopk._core.plan_backward._pair_weight_grad`)."""
+    log_ww = -t - 2.0 * _log1p(_exp(-t, PRECISE), PRECISE)
+    has_gap = lo_valid & (gap > 0.0)
+    log_gap = _log(tl.where(has_gap, gap, 1.0), PRECISE) + log_log_boost
+    ds_hi = _power_side(s_hi, dq, sigma, log_ww, log_gap, lo_valid, has_gap, log_boost, grad_cap, PRECISE)
+    ds_lo = _power_side(s_lo, dq, sigma, log_ww, log_gap, lo_valid, has_gap, log_boost, grad_cap, PRECISE)
+    return ds_hi, -ds_lo
 
 
 @triton.jit
@@ -501,11 +551,13 @@ def tournament_backward_kernel(
     slo_ptr,
     t_ptr,
     lov_ptr,
+    gap_ptr,
     m,
     k,
     R,
     boost,
     log_boost,
+    log_log_boost,
     grad_cap,
     POWER: tl.constexpr,
     PRECISE: tl.constexpr,
@@ -520,7 +572,10 @@ def tournament_backward_kernel(
     of any length: each round walks its pairs in blocks, and the per-group
     values live in a per-row workspace ``ws_ptr`` (B, 4 * m) of two
     ping-pong buffers for ``Q``/``sigma`` and two for ``D``. The round records
-    are those :func:`plan_rows_kernel` and :func:`plan_round_kernel` write.
+    are those :func:`plan_rows_kernel` and :func:`plan_round_kernel` write, and
+    ``gap_ptr`` the recorded gaps (:func:`shtopk._core.finite.finite_gap`, laid
+    out as the per-pair records). As in the neutral core, the cotangents
+    saturate at the largest finite float32 (never ``inf``, NaN kept).
     """
     b = tl.program_id(0).to(tl.int64)
     ar = tl.arange(0, BLOCK)
@@ -567,30 +622,26 @@ def tournament_backward_kernel(
             pair = i < M // 2
             sigma = tl.load(src_s + i, mask=pair, other=0.0)
             D = tl.load(src_d + i, mask=pair, other=0.0)
-            s_hi = tl.load(shi_ptr + half + i, mask=pair, other=0.0)
-            s_lo = tl.load(slo_ptr + half + i, mask=pair, other=0.0)
-            diff = D * tl.load(dq_ptr + half + i, mask=pair, other=0.0) + sigma * (s_hi - s_lo)
+            dq = D * tl.load(dq_ptr + half + i, mask=pair, other=0.0)
             w_hi = tl.load(whi_ptr + half + i, mask=pair, other=0.0)
             w_lo = tl.load(wlo_ptr + half + i, mask=pair, other=0.0)
-            if POWER:  # d w_hi / d s = w_hi * w_lo * ln(b) * b**s, in log space
-                t = tl.load(t_ptr + half + i, mask=pair, other=0.0)
+            t = tl.load(t_ptr + half + i, mask=pair, other=0.0)
+            if POWER:
+                s_hi = tl.load(shi_ptr + half + i, mask=pair, other=0.0)
+                s_lo = tl.load(slo_ptr + half + i, mask=pair, other=0.0)
+                gap = tl.load(gap_ptr + half + i, mask=pair, other=0.0)
                 lo_valid = tl.load(lov_ptr + half + i, mask=pair, other=0) != 0
-                log_ww = -t - 2.0 * _log1p(_exp(-t, PRECISE), PRECISE)
-                f_hi = tl.where(lo_valid, _exp(tl.minimum(s_hi * log_boost + log_ww, grad_cap), PRECISE), 0.0)
-                f_lo = tl.where(lo_valid, _exp(tl.minimum(s_lo * log_boost + log_ww, grad_cap), PRECISE), 0.0)
-                f_hi = f_hi * log_boost
-                f_lo = f_lo * log_boost
-                ds_hi = diff * f_hi
-                ds_lo = -diff * f_lo
+                ds_hi, ds_lo = _power_pair_grad(
+                    dq, sigma, s_hi, s_lo, gap, t, lo_valid, log_boost, log_log_boost, grad_cap, PRECISE
+                )
             else:
-                ds_hi = diff * w_hi * w_lo * boost
-                ds_lo = -ds_hi
+                ds_hi, ds_lo = _softmax_pair_grad(dq, sigma, w_hi, w_lo, t, boost)
             o_hi = tl.load(order_ptr + full + i, mask=pair, other=0)
             o_lo = tl.load(order_ptr + full + (M - 1 - i), mask=pair, other=0)
             sw_hi = tl.load(sw_ptr + full + i, mask=pair, other=0.0)
             sw_lo = tl.load(sw_ptr + full + (M - 1 - i), mask=pair, other=0.0)
-            tl.store(dst_s + o_hi, sigma * sw_hi + ds_hi, mask=pair)
-            tl.store(dst_s + o_lo, sigma * sw_lo + ds_lo, mask=pair)
+            tl.store(dst_s + o_hi, _saturate(sigma * sw_hi + ds_hi), mask=pair)
+            tl.store(dst_s + o_lo, _saturate(sigma * sw_lo + ds_lo), mask=pair)
             tl.store(dst_d + o_hi, D * sw_hi, mask=pair)
             tl.store(dst_d + o_lo, D * sw_lo, mask=pair)
         tl.debug_barrier()

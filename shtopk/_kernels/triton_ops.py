@@ -22,6 +22,7 @@ from types import ModuleType
 from typing import Any
 
 from .._array_api import device, is_cupy_array, is_torch_array
+from .._core.finite import finite_gap
 from .._core.flat import nan_factor
 from .._core.plan import Round, Selection, n_rounds
 from .._fast import argsort_descending, inverse_permutation, take_along_last
@@ -357,9 +358,9 @@ def tournament(
     scores = s_sorted * nan_factor(xp, poison, f32)[:, None]
     if not record:
         return Selection(indices, weights, scores)
-    gap = s_hi - s_lo
+    gap = finite_gap(xp, s_hi, s_lo)  # the neutral core's recorded gap, exactly
     lo_valid_bool = lo_valid != 0
-    rounds = _Rounds([], records)
+    rounds = _Rounds([], (*records, gap))
     for r in range(R):
         M = m >> r
         a, h = 2 * m - 2 * M, m - M
@@ -380,21 +381,49 @@ def tournament(
     return Selection(indices, weights, scores, rows[0], rows[1], rounds, inverse_permutation(xp, perm))
 
 
-def recorded_here(sel: Selection) -> bool:
-    """Whether ``sel`` is a recorded plan of :func:`tournament` (whose rounds the
-    Triton backward reads)."""
-    return isinstance(sel.rounds, _Rounds)
+def backward_reads(sel: Selection) -> bool:
+    """Whether the Triton backward reads ``sel``'s rounds: a recorded plan of
+    :func:`tournament`, or any recorded rounds with the fields of the neutral
+    :class:`~shtopk._core.plan.Round` (e.g. a plan that the torch custom op
+    saved and unpacked for its backward, or the neutral core's)."""
+    return isinstance(sel.rounds, _Rounds) or all(rd.t is not None for rd in sel.rounds)
+
+
+#: The per-pair fields of a :class:`~shtopk._core.plan.Round`, in the order of the records.
+_PAIR_FIELDS = ("w_hi", "w_lo", "s_hi", "s_lo", "t", "lo_valid", "gap")
+
+
+def _records(xp: Any, sel: Selection, B: int, m: int, dev: Any) -> tuple[Any, ...]:
+    """The buffers :func:`.triton_kernels.tournament_backward_kernel` reads: ``(order,
+    sorted_weights)`` (B, 2m) with round r at ``2m - 2M``, the per-pair fields (B, m) with
+    round r at ``m - M`` (``M = m >> r``), as :func:`tournament` writes them; from the
+    rounds of any recorded selection (one copy of its O(m) numbers per row)."""
+    if isinstance(sel.rounds, _Rounds):
+        return sel.rounds.records
+
+    def laid_out(parts: list[Any], width: int, dtype: Any) -> Any:
+        pad = xp.zeros((B, width - sum(p.shape[-1] for p in parts)), dtype=dtype, device=dev)
+        return _contiguous(xp.concat([*(xp.astype(p, dtype) for p in parts), pad], axis=-1))
+
+    full = [laid_out([rd.order for rd in sel.rounds], 2 * m, xp.int64)]
+    full.append(laid_out([rd.sorted_weights for rd in sel.rounds], 2 * m, xp.float32))
+    for name in _PAIR_FIELDS:
+        dtype = xp.int8 if name == "lo_valid" else xp.float32
+        full.append(laid_out([getattr(rd, name) for rd in sel.rounds], m, dtype))
+    return tuple(full)
 
 
 def tournament_backward(xp: Any, sel: Selection, dw_items: Any, d_scores: Any, boost: float, weighting: str) -> Any:
-    """See :func:`shtopk._core.plan_backward.neutral_tournament_backward`; ``sel``
-    must come from :func:`tournament` with ``record=True``, the cotangents in float32."""
-    B, k, P = sel.indices.shape
-    m = k * P
-    R = P.bit_length() - 1
+    """See :func:`shtopk._core.plan_backward.neutral_tournament_backward`; ``sel`` must
+    be a recorded selection whose rounds :func:`backward_reads` accepts, the cotangents
+    in float32."""
+    B, m = dw_items.shape
+    k = d_scores.shape[-1]
+    R = len(sel.rounds)
     dev = device(dw_items)
     power = weighting == "power"
     log_boost = math.log(boost) if power else 0.0
+    log_log_boost = math.log(log_boost) if power else 0.0
     grad_cap = _power_grad_cap(log_boost) if power else 0.0
     out = xp.empty((B, m), dtype=xp.float32, device=dev)
     workspace = xp.empty((B, 4 * m), dtype=xp.float32, device=dev)
@@ -407,12 +436,13 @@ def tournament_backward(xp: Any, sel: Selection, dw_items: Any, d_scores: Any, b
         out,
         workspace,
         dq,
-        *sel.rounds.records,
+        *_records(xp, sel, B, m, dev),
         m,
         k,
         R,
         boost,
         log_boost,
+        log_log_boost,
         grad_cap,
         POWER=power,
         PRECISE=_compiled(dw_items),
