@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._array_api import is_torch_array
+from ._array_api import is_jax_array, is_torch_array
 from ._core.flat import Flat, flatten
 from ._core.metric import nccs as _nccs
 from ._kernels import gather_sum
@@ -67,11 +67,16 @@ def _needs_torch_autograd(inp: Inputs) -> bool:
 
 
 def run_operator(op: Any, inp: Inputs) -> TopK:
-    """Run ``op`` forward; torch tensors that require grad go through autograd."""
+    """Run ``op`` forward; torch tensors that require grad go through autograd, JAX arrays
+    through a ``jax.custom_vjp``."""
     if _needs_torch_autograd(inp):
         from .torch import autograd_run
 
         return autograd_run(op, inp)
+    if is_jax_array(inp.E):
+        from .jax import custom_vjp_run
+
+        return custom_vjp_run(op, inp)
     flat = flatten_inputs(inp)
     values, scores, _ = op.forward(flat)
     return TopK(flat.unflatten_values(values), flat.unflatten_scores(scores))
@@ -276,6 +281,15 @@ def plan(
     """
     op = successive_halving_operator(boost, weighting, order)
     inp = check_scores(v, k, mask)
+    if is_jax_array(inp.v):
+        from .jax import jit_plan
+
+        return jit_plan(op, inp)
+    return run_plan(op, inp)
+
+
+def run_plan(op: SuccessiveHalving, inp: Inputs) -> Plan:
+    """The plan of validated scores, shaped like them."""
     flat = flatten_inputs(inp)
     sel = op.plan(flat)
     xp, batch = inp.xp, inp.batch_shape
