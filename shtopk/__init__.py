@@ -2,7 +2,7 @@
 
 Give it n vectors ``E`` (..., n, d) and their scores ``v`` (..., n); get back k
 vectors (..., k, d) that a network can backpropagate through to both E and v,
-on NumPy, CuPy, PyTorch or any Python Array API library.
+on NumPy, CuPy, PyTorch, JAX or any Python Array API library.
 """
 
 from . import vjp

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._array_api import device, is_torch_array, library_name
+from ._array_api import device, is_jax_array, is_torch_array, library_name
 from ._core.flat import Flat, flatten
 from ._core.metric import nccs as _nccs
 from ._fast import all_true_on_host
@@ -76,6 +76,10 @@ def run_operator(op: Any, inp: Inputs) -> TopK[Any, Any]:
         from .torch import torch_run
 
         return torch_run(op, inp)
+    if is_jax_array(inp.E):
+        from .jax import custom_vjp_run
+
+        return custom_vjp_run(op, inp)
     flat = flatten_inputs(inp)
     values, scores, _ = op.forward(flat)
     return TopK(flat.unflatten_values(values), flat.unflatten_scores(scores))
@@ -313,6 +317,15 @@ def plan(
     op = successive_halving_operator(boost, weighting, order)
     inp = check_scores(v, k, mask)
     check_operator_fits(op, inp)
+    if is_jax_array(inp.v):
+        from .jax import jit_plan
+
+        return jit_plan(op, inp)
+    return run_plan(op, inp)
+
+
+def run_plan(op: SuccessiveHalving, inp: Inputs) -> Plan[Any]:
+    """The plan of validated scores, shaped like them."""
     flat = flatten_inputs(inp)
     sel = op.plan(flat)
     xp, batch = inp.xp, inp.batch_shape
@@ -321,7 +334,7 @@ def plan(
         xp.reshape(sel.indices, (*batch, inp.k, P)),
         xp.reshape(sel.weights, (*batch, inp.k, P)),
         flat.unflatten_scores(sel.scores),
-        built_for=PlanTarget(inp.n, batch, library_name(v), inp.device),
+        built_for=PlanTarget(inp.n, batch, library_name(inp.v), inp.device),
     )
 
 

@@ -1,8 +1,9 @@
-"""The single import site of ``array-api-compat``.
+"""The single import site of ``array-api-compat`` and ``array-api-extra``.
 
-Every module of :mod:`shtopk` that needs an array namespace, a device, or to ask
-which library an array comes from goes through this module, so that the
-dependency on ``array-api-compat`` stays in one place.
+Every module of :mod:`shtopk` that needs an array namespace, a device, to ask
+which library an array comes from, or to update an array at an index (:func:`at`,
+in place where the library allows it, out of place for JAX) goes through this
+module, so that these dependencies stay in one place.
 """
 
 from __future__ import annotations
@@ -11,16 +12,20 @@ import sys
 from typing import Any
 
 import array_api_compat
-from array_api_compat import is_cupy_array, is_numpy_array
+from array_api_compat import is_cupy_array, is_jax_array, is_numpy_array, is_writeable_array
+from array_api_extra import at
 
 __all__ = [
     "array_namespace",
+    "at",
     "compute_dtype",
     "device",
     "is_array_api_obj",
     "is_cupy_array",
     "is_half",
+    "is_jax_array",
     "is_torch_array",
+    "is_writeable_array",
     "library_name",
 ]
 
@@ -66,6 +71,8 @@ def library_name(x: Any) -> str:
         return "torch"
     if is_cupy_array(x):
         return "cupy"
+    if is_jax_array(x):
+        return "jax"
     if array_api_compat.is_array_api_strict_namespace(getattr(x, "__array_namespace__", lambda: None)()):
         return "array_api_strict"
     return type(x).__module__.split(".")[0]

@@ -49,12 +49,16 @@ def namespace_of(x: Any, name: str) -> Any:
 
 
 def check_same_library(xp: Any, x: Any, name: str, ref_name: str, ref: Any) -> None:
-    """Raise if ``x`` is not from the namespace ``xp`` and the device of ``ref``."""
+    """Raise if ``x`` is not from the namespace ``xp`` and the device of ``ref``.
+
+    A device of None (a JAX array traced under ``jit``, placed by the compiler) matches any.
+    """
     if namespace_of(x, name) is not xp:
         libraries = f"{library_name(x)} and {library_name(ref)}"
         raise TypeError(f"{name} and {ref_name} must come from the same array library; got {libraries}")
-    if device(x) != device(ref):
-        raise ValueError(f"{name} and {ref_name} must be on the same device; got {device(x)} and {device(ref)}")
+    dx, dref = device(x), device(ref)
+    if dx is not None and dref is not None and dx != dref:
+        raise ValueError(f"{name} and {ref_name} must be on the same device; got {dx} and {dref}")
 
 
 def check_real_floating(xp: Any, x: Any, name: str) -> None:

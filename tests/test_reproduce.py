@@ -130,3 +130,16 @@ def test_module_and_console_script_entry_points(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "reproduced" in result.stdout
     assert "100.0%" in result.stderr  # the progress bar
+
+
+def test_a_jax_run_matches_the_numpy_run(tmp_path):
+    pytest.importorskip("jax", reason="jax is not installed")
+    args = ["--n", "16", "--k", "4", "--batches", "2", "--methods", "sh-authors", "hard", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "np")]) in (0, 1)
+    assert main([*args, "--backend", "jax", "--device", "cpu", "--out", str(tmp_path / "jax")]) in (0, 1)
+    rows = {b: list(csv.DictReader(open(tmp_path / b / "measurements.csv"))) for b in ("np", "jax")}
+    assert len(rows["jax"]) == 2 * 2
+    for a, b in zip(rows["np"], rows["jax"], strict=True):
+        assert a["method"] == b["method"] and float(a["nccs"]) == pytest.approx(float(b["nccs"]), abs=1e-5)
+    env = json.loads((tmp_path / "jax" / "environment.json").read_text())
+    assert env["backend"] == "jax" and "jaxlib" in env["versions"]

@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--backend", choices=BACKENDS, default="numpy", help="array library")
-    parser.add_argument("--device", default="", help="device for torch/cupy (default: cuda if available, else cpu)")
+    parser.add_argument("--device", default="", help="torch/cupy/jax device (default: the GPU if available, else cpu)")
     parser.add_argument("--dtype", choices=["float32", "float64", "float16", "bfloat16"], default="float32")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("reproduce-results"), help="output directory")

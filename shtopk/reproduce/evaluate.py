@@ -77,10 +77,10 @@ def run_cell(
             fn = METHODS[name][1]
             if warm and b == 0:
                 fn(E, v, k)
-            runtime.synchronize()
+            runtime.synchronize(truth)
             start = time.perf_counter()
             result = fn(E, v, k)
-            runtime.synchronize()
+            runtime.synchronize(result)
             seconds = time.perf_counter() - start
             out.append(Measurement(n, k, b, name, runtime.to_float(shtopk.nccs(truth, result.values)), seconds))
     return out
