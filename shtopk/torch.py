@@ -27,7 +27,9 @@ __all__ = ["SuccessiveHalvingTopK"]
 
 def torch_run(op: Any, inp: Inputs) -> TopK:
     """Run ``op`` on torch tensors through the custom op ``shtopk::topk`` (differentiable)."""
-    values, scores = TopKFunction.apply(inp.E, inp.v, inp.mask, inp.k, *op_arguments(op))
+    # record the tournament for the backward only when one may follow
+    record = torch.is_grad_enabled() and (inp.E.requires_grad or inp.v.requires_grad)
+    values, scores, *_ = TopKFunction.apply(inp.E, inp.v, inp.mask, inp.k, *op_arguments(op), record)
     return TopK(values, scores)
 
 
