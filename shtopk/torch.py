@@ -4,8 +4,8 @@ The plain functions (:func:`shtopk.successive_halving_topk`,
 :func:`shtopk.hard_topk`, :func:`shtopk.iterative_softmax_topk`) run torch
 tensors through the custom op ``torch.ops.shtopk.topk`` (registered with
 ``torch.library``; autograd by :class:`shtopk._torch_ops.TopKFunction`), whose backward is the memory-lean manual VJP of
-:mod:`shtopk.vjp` (it keeps E, v and the mask; the O(n) scores-only plan is
-recomputed in the backward, and no per-round copy of E is ever made). The op
+:mod:`shtopk.vjp` (it keeps E, v, the mask and the O(n) record of the
+scores-only tournament; never a per-round copy of E). The op
 works under ``torch.compile(fullgraph=True)``, ``torch.func`` (``grad``,
 ``vjp``, ``jacrev``) and ``torch.vmap``; higher-order gradients raise a clear
 error. See the "PyTorch" page of the docs.
