@@ -21,7 +21,7 @@ from ._core.apply import accumulation_dtype
 from ._core.baseline import BaselineState, distributions, score_offsets, step_chunks
 from ._core.finite import cast_saturated, saturate
 from ._core.flat import Flat, nan_factor
-from ._core.plan import Selection
+from ._core.plan import Selection, n_rounds
 from ._fast import take_along_last
 from ._kernels import rows_backward, tournament_backward
 
@@ -56,7 +56,7 @@ def selection_backward(
     if tournament is None:
         ds = take_along_last(xp, d_scores, sel.slot_of_row) * sel.weight_of_row
     else:
-        m = k * sel.indices.shape[-1]
+        m = k << n_rounds(n, k)
         dw = xp.where(flat.valid, xp.astype(dw, flat.s.dtype), 0.0)
         if m > n:
             dw = xp.concat([dw, xp.zeros((B, m - n), dtype=dw.dtype, device=flat.device)], axis=-1)

@@ -4,8 +4,8 @@ The plain functions (:func:`shtopk.successive_halving_topk`,
 :func:`shtopk.hard_topk`, :func:`shtopk.iterative_softmax_topk`) run torch
 tensors through the custom op ``torch.ops.shtopk.topk`` (registered with
 ``torch.library``; autograd by :class:`shtopk._torch_ops.TopKFunction`), whose backward is the memory-lean manual VJP of
-:mod:`shtopk.vjp` (it keeps E, v and the mask; the O(n) scores-only plan is
-recomputed in the backward, and no per-round copy of E is ever made). The op
+:mod:`shtopk.vjp` (it keeps E, v, the mask and the O(n) record of the
+scores-only tournament; never a per-round copy of E). The op
 works under ``torch.compile(fullgraph=True)``, ``torch.func`` (``grad``,
 ``vjp``, ``jacrev``) and ``torch.vmap``; higher-order gradients raise a clear
 error. See the "PyTorch" page of the docs.
@@ -37,7 +37,9 @@ __all__ = ["SuccessiveHalvingTopK"]
 
 def torch_run(op: Any, inp: Inputs) -> TopK[torch.Tensor, torch.Tensor]:
     """Run ``op`` on torch tensors through the custom op ``shtopk::topk`` (differentiable)."""
-    values, scores = TopKFunction.apply(inp.E, inp.v, inp.mask, inp.k, *op_arguments(op))
+    # record the tournament for the backward only when one may follow
+    record = torch.is_grad_enabled() and (inp.E.requires_grad or inp.v.requires_grad)
+    values, scores, *_ = TopKFunction.apply(inp.E, inp.v, inp.mask, inp.k, *op_arguments(op), record)
     return TopK(values, scores)
 
 

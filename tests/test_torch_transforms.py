@@ -4,6 +4,7 @@ that refuses higher-order gradients loudly instead of returning zeros."""
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import numpy as np
@@ -148,10 +149,10 @@ def test_the_custom_op_passes_torch_opcheck(rng):
         ((E, v, mask), "hard"),
         ((E.float(), v, None), "iterative"),
     ]
-    for args, method in cases:
+    for (args, method), record in itertools.product(cases, (False, True)):
         torch.library.opcheck(
             torch.ops.shtopk.topk.default,
-            (*args, 3, method, 3.0, "softmax", "score", 1.0),
+            (*args, 3, method, 3.0, "softmax", "score", 1.0, record),
             test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static", "test_aot_dispatch_dynamic"),
         )
 

@@ -36,12 +36,8 @@ def cast_saturated(xp: Any, x: Any, dtype: Any) -> Any:
 def finite_gap(xp: Any, s_hi: Any, s_lo: Any) -> Any:
     """``s_hi - s_lo >= 0`` saturated at the dtype's largest finite value.
 
-    Equal scores (also two ``+inf``) give exactly 0; a gap that overflows (scores
-    near both ends of the range, or ``+inf`` against a finite score) gives the
-    largest finite value instead of ``inf``.
+    Equal scores (also two ``+inf``, whose difference would be NaN) give exactly 0; a
+    gap that overflows (scores near both ends of the range, or ``+inf`` against a
+    finite score) gives the largest finite value instead of ``inf``.
     """
-    half = 0.5 * largest(xp, s_hi.dtype)
-    tie = s_hi == s_lo
-    # halves never overflow for finite scores; +inf - finite gives inf, clipped below
-    h = xp.where(tie, 0.0, 0.5 * xp.where(tie, 0.0, s_hi) - 0.5 * xp.where(tie, 0.0, s_lo))
-    return 2.0 * xp.clip(h, max=half)
+    return xp.where(s_hi == s_lo, 0.0, xp.clip(s_hi - s_lo, max=largest(xp, s_hi.dtype)))
