@@ -11,6 +11,7 @@ Indices must be equal, floats equal to rounding.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
@@ -31,7 +32,7 @@ import shtopk  # noqa: E402
 from shtopk import _kernels  # noqa: E402
 from shtopk._core.apply import neutral_gather_sum, neutral_rows_backward  # noqa: E402
 from shtopk._core.flat import flatten  # noqa: E402
-from shtopk._core.plan import Selection  # noqa: E402
+from shtopk._core.plan import Round, Selection  # noqa: E402
 from shtopk._core.plan import tournament as neutral_tournament  # noqa: E402
 from shtopk._core.plan_backward import neutral_tournament_backward  # noqa: E402
 from shtopk._kernels import triton_ops  # noqa: E402
@@ -118,6 +119,16 @@ def test_plan_equals_neutral(kernels, rng, one_program, batch, n, k, weighting, 
     want = neutral_tournament(*args, **opts)
     got = triton_ops.tournament(*args, **opts)
     _assert_same_selection(want, got, record=True)
+    # every round has the neutral record's fields, shapes and dtypes (the torch custom op saves them
+    # by the neutral layout), and the same values
+    for rd_got, rd_want in zip(got.rounds, want.rounds, strict=True):
+        for name in [f.name for f in dataclasses.fields(Round)]:
+            a, b = getattr(rd_got, name), getattr(rd_want, name)
+            assert a.shape == b.shape and a.dtype == b.dtype, name
+            if a.dtype == torch.float32:
+                torch.testing.assert_close(a, b, equal_nan=True, rtol=1e-5, atol=1e-6)
+            else:
+                assert torch.equal(a, b), name
     # the recorded rounds drive the tournament backward to the same score cotangents
     B, m = flat.s.shape[0], k * got.indices.shape[-1]
     dw = torch.from_numpy(rng.normal(size=(B, m)).astype(np.float32))
