@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._api import DEFAULT_BOOST, flatten_inputs, run_operator, successive_halving_operator
+from ._api import flatten_inputs, run_operator, successive_halving_operator
 from ._types import TopK
 from ._validation import Inputs, check_inputs, check_k
 
@@ -98,9 +98,7 @@ class SuccessiveHalvingTopK(torch.nn.Module):
     (torch.Size([2, 16, 8]), torch.Size([2, 16]))
     """
 
-    def __init__(
-        self, k: int, *, boost: float = DEFAULT_BOOST, weighting: str = "softmax", order: str = "score"
-    ) -> None:
+    def __init__(self, k: int, *, boost: float | None = None, weighting: str = "softmax", order: str = "score") -> None:
         super().__init__()
         self.k = check_k(k, n=k)
         self._op = successive_halving_operator(boost, weighting, order)

@@ -26,7 +26,6 @@ from collections.abc import Callable
 from typing import Any
 
 from ._api import (
-    DEFAULT_BOOST,
     flatten_inputs,
     hard_operator,
     iterative_operator,
@@ -86,7 +85,7 @@ def successive_halving_topk(
     k: int,
     /,
     *,
-    boost: float = DEFAULT_BOOST,
+    boost: float | None = None,
     weighting: str = "softmax",
     mask: Any = None,
     order: str = "score",

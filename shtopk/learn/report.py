@@ -197,7 +197,7 @@ def plot_curves(curves: list[dict], path: Path) -> None:
         ax.set_title(f"{s[0]}, n = {s[1]}, k = {s[2]}", fontsize=9)
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test metric (exact top-k of the learnt scores)")
+    axes[0][0].set_ylabel("test metric, exact top-k (mean of seeds)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(8, len(labels)), fontsize=7)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
