@@ -1,7 +1,7 @@
 """The learning benchmark: does a scorer *learn* which items to keep through a top-k operator?
 
-Run ``python -m shtopk.learn`` (the full grid, about 10-20 minutes on 2 CPU
-cores) or ``python -m shtopk.learn --quick`` (one setting, one seed, a few
+Run ``python -m shtopk.learn`` (the full grid, 168 training runs: 33 minutes
+on 2 CPU cores shared with other busy jobs) or ``python -m shtopk.learn --quick`` (one setting, one seed, a few
 operators; under a minute). It needs PyTorch and the ``learn`` extra
 (scikit-learn for the digits data, matplotlib for the plots).
 
