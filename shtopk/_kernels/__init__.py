@@ -5,8 +5,12 @@ and runs on any library; it is the fallback and the reference. For the passes
 that dominate the cost, faster implementations exist for some libraries, and
 :func:`engine` chooses among them per call, from the arrays at hand:
 
+``"numba"``
+    NumPy arrays and torch CPU tensors, when Numba is installed: compiled
+    kernels (:mod:`.cpu`), the same for both (tensors are viewed as NumPy
+    arrays without copying).
 ``"numpy"``
-    NumPy arrays: NumPy calls that write into buffers they own
+    NumPy arrays without Numba: NumPy calls that write into buffers they own
     (:mod:`.numpy_ops`).
 ``"neutral"``
     Everything else: the pure Array API core.
@@ -30,8 +34,9 @@ from .._core.apply import neutral_gather_sum, neutral_rows_backward
 from .._core.plan import Selection
 from .._core.plan import tournament as neutral_tournament
 from .._core.plan_backward import neutral_tournament_backward
+from . import cpu
 
-ENGINES = ("numpy", "neutral")
+ENGINES = ("numba", "numpy", "neutral")
 
 
 def _allowed() -> str:
@@ -46,15 +51,29 @@ def engine(*arrays: Any) -> str:
     allowed = _allowed()
     if allowed == "neutral":
         return "neutral"
-    if all(is_numpy_array(x) for x in arrays) and allowed in ("auto", "numpy"):
+    if allowed in ("auto", "numba") and cpu.serves(*arrays):
+        return "numba"
+    if allowed in ("auto", "numpy") and all(is_numpy_array(x) for x in arrays):
         return "numpy"
     return "neutral"
+
+
+def _numpy_allowed(*arrays: Any) -> bool:
+    """Whether the NumPy kernels may serve arrays the compiled kernels declined."""
+    return _allowed() in ("auto", "numpy") and all(is_numpy_array(x) for x in arrays)
 
 
 def gather_sum(xp: Any, indices: Any, weights: Any, scores: Any, E: Any) -> Any:
     """``out[b, j] = sum_r weights[b, j, r] * E[b, indices[b, j, r]]``; see
     :func:`shtopk._core.apply.neutral_gather_sum`."""
-    if engine(indices, weights, scores, E) == "numpy":
+    arrays = (indices, weights, scores, E)
+    kind = engine(*arrays)
+    if kind == "numba":
+        out = cpu.gather_sum(xp, indices, weights, scores, E)
+        if out is not None:
+            return out
+        kind = "numpy" if _numpy_allowed(*arrays) else "neutral"  # indices out of range: the reference's errors
+    if kind == "numpy":
         from . import numpy_ops
 
         return numpy_ops.gather_sum(xp, indices, weights, scores, E)
@@ -66,7 +85,10 @@ def rows_backward(
 ) -> tuple[Any, Any]:
     """``(dE, dw)`` of a selection whose rows each land in one slot; see
     :func:`shtopk._core.apply.neutral_rows_backward`."""
-    if engine(d_values, slot_of_row, weight_of_row, E) == "numpy":
+    kind = engine(d_values, slot_of_row, weight_of_row, E)
+    if kind == "numba":
+        return cpu.rows_backward(xp, d_values, slot_of_row, weight_of_row, E, need_dE=need_dE, need_dw=need_dw)
+    if kind == "numpy":
         from . import numpy_ops
 
         return numpy_ops.rows_backward(xp, d_values, slot_of_row, weight_of_row, E, need_dE=need_dE, need_dw=need_dw)
@@ -86,10 +108,14 @@ def tournament(
     record: bool = False,
 ) -> Selection:
     """The scores-only tournament (the plan); see :func:`shtopk._core.plan.tournament`."""
+    if engine(s, valid, poison) == "numba":
+        return cpu.tournament(xp, s, valid, poison, k, boost=boost, weighting=weighting, order=order, record=record)
     return neutral_tournament(xp, s, valid, poison, k, boost=boost, weighting=weighting, order=order, record=record)
 
 
 def tournament_backward(xp: Any, sel: Selection, dw_items: Any, d_scores: Any, boost: float, weighting: str) -> Any:
     """Score cotangents of the padded items; see
     :func:`shtopk._core.plan_backward.neutral_tournament_backward`."""
+    if engine(dw_items, d_scores, *(sel.rounds[0].order,) if sel.rounds else ()) == "numba":
+        return cpu.tournament_backward(xp, sel, dw_items, d_scores, boost, weighting)
     return neutral_tournament_backward(xp, sel, dw_items, d_scores, boost, weighting)
