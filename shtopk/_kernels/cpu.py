@@ -11,11 +11,12 @@ bfloat16 as its uint16 bits), runs one kernel, and returns the results in the
 caller's library (``torch.from_numpy``: no copy either).
 
 Parallelism is decided per call, never left to a library's thread pool: a
-kernel call gets ``min(cores, work / WORK_PER_THREAD)`` threads, so small
-calls run on one thread and a call never waits on more threads than its work
-can keep busy, and its work is split into a few blocks per thread, handed out
-dynamically, so a thread that shares its core with another process takes
-fewer blocks instead of holding the others up. Each operator call makes at
+kernel call gets ``min(idle cores, work / WORK_PER_THREAD)`` threads, so
+small calls run on one thread, a call never waits on more threads than its
+work can keep busy, and a core that another process keeps busy is not
+counted (a parallel region waits for its slowest thread). Its work is split
+into a few blocks per thread, handed out dynamically, so a thread that is
+slowed anyway takes fewer blocks instead of holding the others up. Each operator call makes at
 most four parallel calls (tournament, gather-sum; rows backward, tournament
 backward), not one per small step.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -128,12 +130,44 @@ def _wrap(a: np.ndarray, like: Any, *, half: int = 0) -> Any:
     return torch.from_numpy(a)
 
 
+def _cores() -> int:
+    """Cores this process may use (its affinity), at most Numba's thread count."""
+    mine = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(_numba.config.NUMBA_NUM_THREADS, mine))
+
+
+_busy_at = -1.0
+_busy_cores = 0
+
+
+def _busy() -> int:
+    """Cores busy with other work now: runnable threads (Linux ``procs_running``) besides this
+    one, re-read at most every 50 ms; 0 where that count is not available."""
+    global _busy_at, _busy_cores
+    now = time.monotonic()
+    if now - _busy_at > 0.05:
+        _busy_at = now
+        try:
+            with open("/proc/stat", "rb") as f:
+                for line in f:
+                    if line.startswith(b"procs_running"):
+                        _busy_cores = max(0, int(line.split()[1]) - 1)
+                        break
+        except (OSError, ValueError):
+            _busy_cores = 0
+    return _busy_cores
+
+
 def _launch(work_bytes: float, items: int) -> int:
-    """Set the threads for the next kernel call from its work; return the number of blocks."""
-    cores = min(
-        _numba.config.NUMBA_NUM_THREADS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    )
-    threads = int(max(1, min(cores, work_bytes // WORK_PER_THREAD, items)))
+    """Set the threads of the next kernel call; return the number of blocks to split it into.
+
+    Threads: no more than the work can keep busy (:data:`WORK_PER_THREAD`),
+    than there are items, or than there are cores not busy with other
+    work: a parallel region waits for its slowest thread, and a thread that
+    shares its core with another process is slow.
+    """
+    cores = _cores()
+    threads = int(max(1, min(cores - _busy() if cores > 1 else 1, work_bytes // WORK_PER_THREAD, items)))
     _numba.set_num_threads(threads)
     return int(max(1, min(items, threads * BLOCKS_PER_THREAD))) if threads > 1 else 1
 

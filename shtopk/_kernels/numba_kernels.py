@@ -3,8 +3,9 @@
 Only :mod:`.cpu` imports this module (importing it imports Numba). Every
 kernel mirrors a neutral function of :mod:`shtopk._core` formula by formula,
 in the same dtype (constants arrive typed from the caller, so float32 math
-stays float32); ``fastmath`` is off, so results equal the neutral ones to
-float rounding. Kernels are compiled on first use and cached on disk
+stays float32); ``fastmath`` is off (but for the reassociation of one dot
+product's sum, :func:`_dot`), so results equal the neutral ones to float
+rounding, NaN and inf included. Kernels are compiled on first use and cached on disk
 (``cache=True``).
 
 Half precision arrives as its bits (uint16): ``half=1`` float16,
@@ -102,7 +103,12 @@ def _narrow(x, half):
 def gather_sum(idx, w, skip, E, out, chunks):  # pragma: no cover -- compiled
     """``out[s] = sum_r w[s, r] * E[b(s), idx[s, r]]`` for slots ``s`` (of batch row ``s // k``);
     slots with ``skip[s]`` are zero. ``idx``/``w`` (S, P), ``skip`` (S,), E (B, n, d) in the
-    accumulation dtype of ``w``, ``out`` (S, d)."""
+    accumulation dtype of ``w``, ``out`` (S, d).
+
+    Eight member rows are read at a time: eight independent streams keep more
+    loads of randomly placed rows in flight (measured: 1.3-1.8x the time of
+    reading E in order, against 2.5-3x one row at a time).
+    """
     S, P = idx.shape
     B, _, d = E.shape
     k = S // B if B else 1
@@ -114,11 +120,25 @@ def gather_sum(idx, w, skip, E, out, chunks):  # pragma: no cover -- compiled
             if skip[s]:
                 continue
             Eb = E[s // k]
-            for r in range(P):
-                wr = w[s, r]
-                row = Eb[idx[s, r]]
+            x = idx[s]
+            v = w[s]
+            r = 0
+            while r + 8 <= P:
+                w0, w1, w2, w3 = v[r], v[r + 1], v[r + 2], v[r + 3]
+                w4, w5, w6, w7 = v[r + 4], v[r + 5], v[r + 6], v[r + 7]
+                a0, a1, a2, a3 = Eb[x[r]], Eb[x[r + 1]], Eb[x[r + 2]], Eb[x[r + 3]]
+                a4, a5, a6, a7 = Eb[x[r + 4]], Eb[x[r + 5]], Eb[x[r + 6]], Eb[x[r + 7]]
                 for j in range(d):
-                    o[j] += wr * row[j]
+                    o[j] += ((w0 * a0[j] + w1 * a1[j]) + (w2 * a2[j] + w3 * a3[j])) + (
+                        (w4 * a4[j] + w5 * a5[j]) + (w6 * a6[j] + w7 * a7[j])
+                    )
+                r += 8
+            while r < P:
+                wr = v[r]
+                a0 = Eb[x[r]]
+                for j in range(d):
+                    o[j] += wr * a0[j]
+                r += 1
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -134,11 +154,23 @@ def gather_sum_half(idx, w, skip, E, out, chunks, half):  # pragma: no cover -- 
             acc[:] = 0
             if not skip[s]:
                 Eb = E[s // k]
-                for r in range(P):
-                    wr = w[s, r]
-                    row = Eb[idx[s, r]]
+                x = idx[s]
+                v = w[s]
+                r = 0
+                while r + 4 <= P:
+                    w0, w1, w2, w3 = v[r], v[r + 1], v[r + 2], v[r + 3]
+                    a0, a1, a2, a3 = Eb[x[r]], Eb[x[r + 1]], Eb[x[r + 2]], Eb[x[r + 3]]
                     for j in range(d):
-                        acc[j] += wr * _widen(row[j], half)
+                        acc[j] += (w0 * _widen(a0[j], half) + w1 * _widen(a1[j], half)) + (
+                            w2 * _widen(a2[j], half) + w3 * _widen(a3[j], half)
+                        )
+                    r += 4
+                while r < P:
+                    wr = v[r]
+                    a0 = Eb[x[r]]
+                    for j in range(d):
+                        acc[j] += wr * _widen(a0[j], half)
+                    r += 1
             o = out[s]
             for j in range(d):
                 o[j] = _narrow(acc[j], half)
@@ -147,27 +179,15 @@ def gather_sum_half(idx, w, skip, E, out, chunks, half):  # pragma: no cover -- 
 # ---------------------------------------------------------------- the rows backward
 
 
-@njit(inline="always")
-def _dot(a, b, zero):
-    """``<a, b>`` with eight partial sums (vectorizes without fastmath)."""
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = zero
-    d = a.shape[0]
-    j = 0
-    while j + 8 <= d:
-        s0 += a[j] * b[j]
-        s1 += a[j + 1] * b[j + 1]
-        s2 += a[j + 2] * b[j + 2]
-        s3 += a[j + 3] * b[j + 3]
-        s4 += a[j + 4] * b[j + 4]
-        s5 += a[j + 5] * b[j + 5]
-        s6 += a[j + 6] * b[j + 6]
-        s7 += a[j + 7] * b[j + 7]
-        j += 8
-    tail = zero
-    while j < d:
-        tail += a[j] * b[j]
-        j += 1
-    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)) + tail
+@njit(cache=True, fastmath={"reassoc"})
+def _dot(a, b, zero):  # pragma: no cover -- compiled
+    """``<a, b>``. Its sum alone may be reassociated (``fastmath={"reassoc"}``: no other fast-math
+    flag, so NaN and inf propagate as usual): that lets it vectorize, and brings the rows backward
+    from 2.5x to 1x the time of reading E (measured)."""
+    s = zero
+    for j in range(a.shape[0]):
+        s += a[j] * b[j]
+    return s
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
