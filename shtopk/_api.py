@@ -8,7 +8,7 @@ from typing import Any
 from ._array_api import is_torch_array
 from ._core.flat import Flat, flatten
 from ._core.metric import nccs as _nccs
-from ._kernels import gather_sum
+from ._kernels import gather_sum, host_inputs, to_torch
 from ._operators import HardTopK, IterativeSoftmax, SuccessiveHalving
 from ._types import Plan, TopK
 from ._validation import (
@@ -72,9 +72,11 @@ def run_operator(op: Any, inp: Inputs) -> TopK:
         from .torch import autograd_run
 
         return autograd_run(op, inp)
-    flat = flatten_inputs(inp)
+    host = host_inputs(inp)  # torch CPU tensors: as NumPy arrays, for the compiled CPU engine
+    flat = flatten_inputs(host or inp)
     values, scores, _ = op.forward(flat)
-    return TopK(flat.unflatten_values(values), flat.unflatten_scores(scores))
+    values, scores = flat.unflatten_values(values), flat.unflatten_scores(scores)
+    return TopK(to_torch(values), to_torch(scores)) if host else TopK(values, scores)
 
 
 def successive_halving_topk(

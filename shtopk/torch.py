@@ -17,6 +17,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ._api import DEFAULT_BOOST, flatten_inputs, run_operator, successive_halving_operator
+from ._kernels import host_inputs, to_torch
 from ._types import TopK
 from ._validation import Inputs, check_inputs, check_k
 
@@ -42,26 +43,30 @@ class OperatorFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, E: torch.Tensor, v: torch.Tensor, op: Any, inp: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
-        flat = flatten_inputs(dataclasses.replace(inp, E=E, v=v))
+        inp = dataclasses.replace(inp, E=E, v=v)
+        host = host_inputs(inp)  # CPU tensors: as NumPy arrays, for the compiled CPU engine
+        flat = flatten_inputs(host or inp)
         values, scores, saved = op.forward(flat, record=True)
         ctx.save_for_backward(E)
-        ctx.op, ctx.flat, ctx.saved = op, dataclasses.replace(flat, E=None), saved
-        return flat.unflatten_values(values), flat.unflatten_scores(scores)
+        ctx.op, ctx.flat, ctx.saved, ctx.host = op, dataclasses.replace(flat, E=None), saved, host is not None
+        values, scores = flat.unflatten_values(values), flat.unflatten_scores(scores)
+        return (to_torch(values), to_torch(scores)) if ctx.host else (values, scores)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, d_values: torch.Tensor, d_scores: torch.Tensor) -> tuple[Any, ...]:
         (E,) = ctx.saved_tensors
-        flat = dataclasses.replace(ctx.flat, E=E.reshape(ctx.flat.B, ctx.flat.n, ctx.flat.d))
-        B, k = flat.B, flat.k
+        B, k = ctx.flat.B, ctx.flat.k
+        E, d_values, d_scores = E.reshape(B, ctx.flat.n, ctx.flat.d), d_values.reshape(B, k, -1), d_scores.reshape(B, k)
+        d_values = d_values.to(E.dtype)
+        if ctx.host:
+            E, d_values, d_scores = (x.detach().contiguous().numpy() for x in (E, d_values, d_scores))
+        flat = dataclasses.replace(ctx.flat, E=E)
         dE, dv = ctx.op.backward(
-            flat,
-            ctx.saved,
-            d_values.reshape(B, k, flat.d).to(E.dtype),
-            d_scores.reshape(B, k),
-            need_dE=ctx.needs_input_grad[0],
-            need_dv=ctx.needs_input_grad[1],
+            flat, ctx.saved, d_values, d_scores, need_dE=ctx.needs_input_grad[0], need_dv=ctx.needs_input_grad[1]
         )
+        if ctx.host:
+            dE, dv = to_torch(dE), to_torch(dv)
         dE = dE.reshape(E.shape) if dE is not None else None
         dv = dv.reshape(flat.batch_shape + (flat.n,)) if dv is not None else None
         return dE, dv, None, None

@@ -83,8 +83,21 @@ def _supported(x: Any) -> bool:
 
 
 def serves(*arrays: Any) -> bool:
-    """True for NumPy arrays, or torch CPU tensors, of supported dtypes, when Numba is available."""
-    if not arrays or not (all(is_numpy_array(x) for x in arrays) or all(is_torch_array(x) for x in arrays)):
+    """True for NumPy arrays, or torch CPU tensors, of supported dtypes, when Numba is available.
+
+    Not for tensors that torch autograd is recording (grad enabled and one of
+    them requires grad): the kernels are opaque to autograd. The public
+    functions run them inside their ``autograd.Function``, where recording
+    is off.
+    """
+    if not arrays:
+        return False
+    if all(is_torch_array(x) for x in arrays):
+        import torch
+
+        if torch.is_grad_enabled() and any(x.requires_grad for x in arrays):
+            return False
+    elif not all(is_numpy_array(x) for x in arrays):
         return False
     return all(_supported(x) for x in arrays) and available()
 
@@ -105,6 +118,11 @@ def _host(x: Any, dtype: Any = None) -> np.ndarray:
             return x.contiguous().view(torch.int16).numpy().view(np.uint16)
         return x.contiguous().numpy()
     return np.ascontiguousarray(x, dtype=dtype)
+
+
+def numpy_view(x: Any) -> np.ndarray:
+    """A torch CPU tensor (not bfloat16) as a NumPy array; no copy unless it is strided."""
+    return x.detach().contiguous().numpy()
 
 
 def _half_kind(x: Any) -> int:
