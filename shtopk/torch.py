@@ -56,7 +56,7 @@ class OperatorFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, d_values: torch.Tensor, d_scores: torch.Tensor) -> tuple[Any, ...]:
         (E,) = ctx.saved_tensors
-        B, k = ctx.flat.B, ctx.flat.k
+        shape, B, k = E.shape, ctx.flat.B, ctx.flat.k
         E, d_values, d_scores = E.reshape(B, ctx.flat.n, ctx.flat.d), d_values.reshape(B, k, -1), d_scores.reshape(B, k)
         d_values = d_values.to(E.dtype)
         if ctx.host:
@@ -67,7 +67,7 @@ class OperatorFunction(torch.autograd.Function):
         )
         if ctx.host:
             dE, dv = to_torch(dE), to_torch(dv)
-        dE = dE.reshape(E.shape) if dE is not None else None
+        dE = dE.reshape(shape) if dE is not None else None
         dv = dv.reshape(flat.batch_shape + (flat.n,)) if dv is not None else None
         return dE, dv, None, None
 

@@ -17,8 +17,8 @@ work can keep busy, and a core that another process keeps busy is not
 counted (a parallel region waits for its slowest thread). Its work is split
 into a few blocks per thread, handed out dynamically, so a thread that is
 slowed anyway takes fewer blocks instead of holding the others up. Each operator call makes at
-most four parallel calls (tournament, gather-sum; rows backward, tournament
-backward), not one per small step.
+most two parallel calls (the gather-sum; the rows backward), not one per
+small step; the tournament and its backward run on the calling thread.
 """
 
 from __future__ import annotations
@@ -279,7 +279,7 @@ def tournament(
     record: bool = False,
 ) -> Selection:
     """:func:`shtopk._core.plan.tournament`: every round, the expansion, the final order and the
-    row layout in one kernel call (parallel over batch rows); the first round's sort, of
+    row layout in one kernel call (one thread); the first round's sort, of
     unsorted scores, is NumPy's (:func:`shtopk._fast.argsort_descending`)."""
     _require()
     s_h = _host(s)
@@ -309,7 +309,6 @@ def tournament(
     slot_of_row, weight_of_row = np.empty(rows, np.int64), np.empty(rows, dt)
     inv_perm = np.empty((B, k) if record else (0, 0), np.int64)
     if B:
-        _launch(B * m * 64 * max(1, R), B)  # parallel over batch rows
         _kernels.tournament(
             s_h,
             valid_h,
@@ -382,7 +381,6 @@ def tournament_backward(xp: Any, sel: Selection, dw_items: Any, d_scores: Any, b
     empty = np.empty(0, dt)
     out = np.empty((B, m), dt)
     if B:
-        _launch(B * m * 64 * len(sel.rounds), B)
         _kernels.tournament_backward(
             k,
             arrays["order"].astype(np.int64, copy=False),

@@ -12,8 +12,10 @@ Half precision arrives as its bits (uint16): ``half=1`` float16,
 ``half=2`` bfloat16. The kernels widen each element to float32 (and
 round results back, to nearest even), so E is never copied.
 
-The parallel kernels loop over ``chunks`` blocks of work (``prange``); the
-caller picks the number of blocks and of threads for each call.
+The passes over E loop in parallel over ``chunks`` blocks of work
+(``prange``); the caller picks the number of blocks and of threads for each
+call. The tournament and its backward (O(n) per batch row, not O(n d)) run
+on one thread.
 """
 
 from __future__ import annotations
@@ -116,13 +118,28 @@ def gather_sum(idx, w, skip, E, out, chunks):  # pragma: no cover -- compiled
     for c in prange(chunks):
         for s in range(c * step, min(S, (c + 1) * step)):
             o = out[s]
-            o[:] = 0
-            if skip[s]:
+            if skip[s] or P == 0:
+                o[:] = 0
                 continue
             Eb = E[s // k]
             x = idx[s]
             v = w[s]
-            r = 0
+            if P >= 8:  # the first group (or member) is written, not added to zeros: one pass less
+                w0, w1, w2, w3 = v[0], v[1], v[2], v[3]
+                w4, w5, w6, w7 = v[4], v[5], v[6], v[7]
+                a0, a1, a2, a3 = Eb[x[0]], Eb[x[1]], Eb[x[2]], Eb[x[3]]
+                a4, a5, a6, a7 = Eb[x[4]], Eb[x[5]], Eb[x[6]], Eb[x[7]]
+                for j in range(d):
+                    o[j] = ((w0 * a0[j] + w1 * a1[j]) + (w2 * a2[j] + w3 * a3[j])) + (
+                        (w4 * a4[j] + w5 * a5[j]) + (w6 * a6[j] + w7 * a7[j])
+                    )
+                r = 8
+            else:
+                w0 = v[0]
+                a0 = Eb[x[0]]
+                for j in range(d):
+                    o[j] = w0 * a0[j]
+                r = 1
             while r + 8 <= P:
                 w0, w1, w2, w3 = v[r], v[r + 1], v[r + 2], v[r + 3]
                 w4, w5, w6, w7 = v[r + 4], v[r + 5], v[r + 6], v[r + 7]
@@ -319,7 +336,7 @@ def _sort_desc(keys, idx, ktmp, itmp, runs):  # pragma: no cover -- compiled
         idx[:] = src_i
 
 
-@njit(inline="always")
+@njit(cache=True, error_model="numpy")
 def _pair_gap(s_hi, s_lo, boost, lb, cap, power, zero):
     """:func:`shtopk._core.plan.pair_gap` for one pair (all constants in the scores' dtype)."""
     if np.isinf(s_hi) and s_hi == s_lo:  # +inf vs +inf: a tie
@@ -337,7 +354,7 @@ def _pair_gap(s_hi, s_lo, boost, lb, cap, power, zero):
     return zero
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def tournament(
     s,
     valid,
@@ -365,7 +382,10 @@ def tournament(
     weight_of_row,
     inv_perm,
 ):  # pragma: no cover -- compiled
-    """:func:`shtopk._core.plan.tournament` for every batch row in parallel.
+    """:func:`shtopk._core.plan.tournament` for every batch row.
+
+    One thread: a parallel loop here took 10 s more to compile (measured), for
+    at most a 2x gain on a step that is a fraction of the forward pass.
 
     ``s``/``valid`` (B, m) are padded; ``order0`` (B, m) the sort order of
     round 0 (sorted by the caller). The rounds are written round-major into
@@ -376,6 +396,68 @@ def tournament(
     ``weights`` (B, k * P), ``scores`` (B, k) and, with ``record``,
     ``slot_of_row``/``weight_of_row`` (B, n) and ``inv_perm`` (B, k).
     """
+    for b in range(s.shape[0]):
+        _tournament_row(
+            b,
+            s,
+            valid,
+            poison,
+            order0,
+            k,
+            consts,
+            power,
+            by_input,
+            masked,
+            record,
+            orders,
+            sorted_w,
+            w_hi,
+            w_lo,
+            s_hi0,
+            s_lo0,
+            gap,
+            t_out,
+            lo_valid,
+            indices,
+            weights,
+            scores,
+            slot_of_row,
+            weight_of_row,
+            inv_perm,
+        )
+
+
+@njit(cache=True, error_model="numpy")
+def _tournament_row(
+    b,
+    s,
+    valid,
+    poison,
+    order0,
+    k,
+    consts,
+    power,
+    by_input,
+    masked,
+    record,
+    orders,
+    sorted_w,
+    w_hi,
+    w_lo,
+    s_hi0,
+    s_lo0,
+    gap,
+    t_out,
+    lo_valid,
+    indices,
+    weights,
+    scores,
+    slot_of_row,
+    weight_of_row,
+    inv_perm,
+):  # pragma: no cover -- compiled
+    """Batch row ``b`` of :func:`tournament` (a function of its own: Numba compiles a parallel
+    loop around a call much faster than around a large body)."""
     B, m = s.shape
     n = slot_of_row.shape[1]
     P = m // k
@@ -388,147 +470,146 @@ def tournament(
         consts[5],
         consts[6],
     )
-    for b in prange(B):
-        cur = s[b].copy()
-        keys = np.empty(m, s.dtype)
-        ktmp = np.empty(m, s.dtype)
-        pos = np.empty(m, np.int64)
-        itmp = np.empty(m, np.int64)
-        runs = np.empty(m + 1, np.int64)
-        M = m
-        full_off = 0
-        half_off = 0
-        while M > k:
-            h = M // 2
-            o = orders[full_off + b * M : full_off + (b + 1) * M]
-            sw = sorted_w[full_off + b * M : full_off + (b + 1) * M]
-            if M == m:
-                o[:] = order0[b]
-                for i in range(M):
-                    keys[i] = cur[o[i]]
-            else:
-                for i in range(M):
-                    keys[i] = cur[i]
-                    pos[i] = i
-                _sort_desc(keys[:M], pos[:M], ktmp[:M], itmp[:M], runs)
-                o[:] = pos[:M]
-            base = half_off + b * h
-            for i in range(h):
-                sh = keys[i]
-                sl = keys[M - 1 - i]
-                hv = sh > neg_inf
-                lv = sl > neg_inf
-                sh0 = sh if hv else zero
-                if lv:
-                    sl0 = sl
-                elif np.isinf(sh0):
-                    sl0 = zero
-                else:
-                    sl0 = sh0
-                t = _pair_gap(sh0, sl0, boost, lb, cap, power, zero)
-                e = np.exp(-t)
-                one_e = one + e
-                if lv:
-                    wh = one / one_e
-                    wl = e / one_e
-                    cur[i] = wh * sh0 + wl * sl0
-                else:
-                    wh = one if hv else zero
-                    wl = zero
-                    cur[i] = sh
-                sw[i] = wh
-                sw[M - 1 - i] = wl
-                w_hi[base + i] = wh
-                w_lo[base + i] = wl
-                if record:
-                    s_hi0[base + i] = sh0
-                    s_lo0[base + i] = sl0
-                    gap[base + i] = sh0 - sl0
-                    t_out[base + i] = t
-                    lo_valid[base + i] = lv
-            full_off += B * M
-            half_off += B * h
-            M = h
-
-        # final order of the slots; expansion top-down, in place, from the last round
-        perm = np.empty(k, np.int64)
-        if by_input:
-            for j in range(k):
-                pos[j] = j
+    cur = s[b].copy()
+    keys = np.empty(m, s.dtype)
+    ktmp = np.empty(m, s.dtype)
+    pos = np.empty(m, np.int64)
+    itmp = np.empty(m, np.int64)
+    runs = np.empty(m + 1, np.int64)
+    M = m
+    full_off = 0
+    half_off = 0
+    while M > k:
+        h = M // 2
+        o = orders[full_off + b * M : full_off + (b + 1) * M]
+        sw = sorted_w[full_off + b * M : full_off + (b + 1) * M]
+        if M == m:
+            o[:] = order0[b]
+            for i in range(M):
+                keys[i] = cur[o[i]]
         else:
-            for j in range(k):
-                keys[j] = cur[j]
-                perm[j] = j
-            _sort_desc(keys[:k], perm, ktmp[:k], itmp[:k], runs)
-            for j in range(k):
-                pos[j] = perm[j]
-        w = ktmp  # the member weights (B, k*P) in place of the sort scratch
+            for i in range(M):
+                keys[i] = cur[i]
+                pos[i] = i
+            _sort_desc(keys[:M], pos[:M], ktmp[:M], itmp[:M], runs)
+            o[:] = pos[:M]
+        base = half_off + b * h
+        for i in range(h):
+            sh = keys[i]
+            sl = keys[M - 1 - i]
+            hv = sh > neg_inf
+            lv = sl > neg_inf
+            sh0 = sh if hv else zero
+            if lv:
+                sl0 = sl
+            elif np.isinf(sh0):
+                sl0 = zero
+            else:
+                sl0 = sh0
+            t = _pair_gap(sh0, sl0, boost, lb, cap, power, zero)
+            e = np.exp(-t)
+            one_e = one + e
+            if lv:
+                wh = one / one_e
+                wl = e / one_e
+                cur[i] = wh * sh0 + wl * sl0
+            else:
+                wh = one if hv else zero
+                wl = zero
+                cur[i] = sh
+            sw[i] = wh
+            sw[M - 1 - i] = wl
+            w_hi[base + i] = wh
+            w_lo[base + i] = wl
+            if record:
+                s_hi0[base + i] = sh0
+                s_lo0[base + i] = sl0
+                gap[base + i] = sh0 - sl0
+                t_out[base + i] = t
+                lo_valid[base + i] = lv
+        full_off += B * M
+        half_off += B * h
+        M = h
+
+    # final order of the slots; expansion top-down, in place, from the last round
+    perm = np.empty(k, np.int64)
+    if by_input:
         for j in range(k):
-            w[j] = one
-        width = k
-        while M < m:
-            M2 = M * 2
-            full_off -= B * M2
-            o = orders[full_off + b * M2 : full_off + (b + 1) * M2]
-            sw = sorted_w[full_off + b * M2 : full_off + (b + 1) * M2]
-            for q in range(width - 1, -1, -1):
-                p = pos[q]
-                wq = w[q]
-                pos[2 * q] = o[p]
-                pos[2 * q + 1] = o[M2 - 1 - p]
-                w[2 * q] = sw[p] * wq
-                w[2 * q + 1] = sw[M2 - 1 - p] * wq
-            width *= 2
-            M = M2
-        vb = valid[b]
-        if by_input:
-            key = np.empty(k, np.int64)
-            for j in range(k):
-                top = neg_inf
-                for q in range(j * P, (j + 1) * P):
-                    w[q] = w[q] * (one if vb[pos[q]] else zero)
-                    top = max(top, w[q])
-                first = m
-                if cur[j] > neg_inf:
-                    for q in range(j * P, (j + 1) * P):
-                        if vb[pos[q]] and w[q] == top and pos[q] < first:
-                            first = pos[q]
-                key[j] = -first
-                perm[j] = j
-            _sort_desc(key, perm, np.empty(k, np.int64), itmp[:k], runs)
-            for j in range(k):
-                src = perm[j] * P
-                for q in range(P):
-                    itmp[j * P + q] = pos[src + q]
-                    keys[j * P + q] = w[src + q]
-            pos[:] = itmp
-            w[:] = keys
-        factor = nan if poison[b] else one
-        ind = indices[b]
-        wts = weights[b]
+            pos[j] = j
+    else:
         for j in range(k):
-            sj = cur[perm[j]]
-            scores[b, j] = sj * factor if masked else sj
-            first = pos[j * P] if sj > neg_inf else 0
+            keys[j] = cur[j]
+            perm[j] = j
+        _sort_desc(keys[:k], perm, ktmp[:k], itmp[:k], runs)
+        for j in range(k):
+            pos[j] = perm[j]
+    w = ktmp  # the member weights (B, k*P) in place of the sort scratch
+    for j in range(k):
+        w[j] = one
+    width = k
+    while M < m:
+        M2 = M * 2
+        full_off -= B * M2
+        o = orders[full_off + b * M2 : full_off + (b + 1) * M2]
+        sw = sorted_w[full_off + b * M2 : full_off + (b + 1) * M2]
+        for q in range(width - 1, -1, -1):
+            p = pos[q]
+            wq = w[q]
+            pos[2 * q] = o[p]
+            pos[2 * q + 1] = o[M2 - 1 - p]
+            w[2 * q] = sw[p] * wq
+            w[2 * q + 1] = sw[M2 - 1 - p] * wq
+        width *= 2
+        M = M2
+    vb = valid[b]
+    if by_input:
+        key = np.empty(k, np.int64)
+        for j in range(k):
+            top = neg_inf
             for q in range(j * P, (j + 1) * P):
-                if masked:
-                    mv = vb[pos[q]]
-                    ind[q] = pos[q] if mv else first
-                    wts[q] = w[q] * ((one if mv else zero) * factor)
-                else:
-                    ind[q] = pos[q]
-                    wts[q] = w[q]
-        if record:
-            for q in range(m):
-                row = pos[q]
-                if row < n:
-                    slot_of_row[b, row] = q // P
-                    weight_of_row[b, row] = wts[q]
-            for j in range(k):
-                inv_perm[b, perm[j]] = j
+                w[q] = w[q] * (one if vb[pos[q]] else zero)
+                top = max(top, w[q])
+            first = m
+            if cur[j] > neg_inf:
+                for q in range(j * P, (j + 1) * P):
+                    if vb[pos[q]] and w[q] == top and pos[q] < first:
+                        first = pos[q]
+            key[j] = -first
+            perm[j] = j
+        _sort_desc(key, perm, np.empty(k, np.int64), itmp[:k], runs)
+        for j in range(k):
+            src = perm[j] * P
+            for q in range(P):
+                itmp[j * P + q] = pos[src + q]
+                keys[j * P + q] = w[src + q]
+        pos[:] = itmp
+        w[:] = keys
+    factor = nan if poison[b] else one
+    ind = indices[b]
+    wts = weights[b]
+    for j in range(k):
+        sj = cur[perm[j]]
+        scores[b, j] = sj * factor if masked else sj
+        first = pos[j * P] if sj > neg_inf else 0
+        for q in range(j * P, (j + 1) * P):
+            if masked:
+                mv = vb[pos[q]]
+                ind[q] = pos[q] if mv else first
+                wts[q] = w[q] * ((one if mv else zero) * factor)
+            else:
+                ind[q] = pos[q]
+                wts[q] = w[q]
+    if record:
+        for q in range(m):
+            row = pos[q]
+            if row < n:
+                slot_of_row[b, row] = q // P
+                weight_of_row[b, row] = wts[q]
+        for j in range(k):
+            inv_perm[b, perm[j]] = j
 
 
-@njit(inline="always")
+@njit(cache=True, error_model="numpy")
 def _pair_grad(diff, wh, wl, t, sh, sl, lv, boost, lb, cap, power, zero, one):
     """:func:`shtopk._core.plan_backward._pair_weight_grad` for one pair."""
     if not power:
@@ -540,64 +621,103 @@ def _pair_grad(diff, wh, wl, t, sh, sl, lv, boost, lb, cap, power, zero, one):
     return diff * f_hi, -diff * f_lo
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def tournament_backward(
-    k, orders, sorted_w, w_hi, w_lo, gap, t, s_hi0, s_lo0, lo_valid, dw_items, d_scores, consts, power, out
+    k,
+    orders,
+    sorted_w,
+    w_hi,
+    w_lo,
+    gap,
+    t,
+    s_hi0,
+    s_lo0,
+    lo_valid,
+    dw_items,
+    d_scores,
+    consts,
+    power,
+    out,
 ):  # pragma: no cover -- compiled
-    """:func:`shtopk._core.plan_backward.neutral_tournament_backward` for every batch row in
-    parallel, from the round-major flat arrays of :func:`tournament` (``t`` ... ``lo_valid``
+    """:func:`shtopk._core.plan_backward.neutral_tournament_backward` for every batch row (one
+    thread, as :func:`tournament`), from the round-major flat arrays of :func:`tournament` (``t`` ... ``lo_valid``
     are read only for ``power``). Writes the score cotangents (B, m) to ``out``."""
+    for b in range(dw_items.shape[0]):
+        _tournament_backward_row(
+            b, k, orders, sorted_w, w_hi, w_lo, gap, t, s_hi0, s_lo0, lo_valid, dw_items, d_scores, consts, power, out
+        )
+
+
+@njit(cache=True, error_model="numpy")
+def _tournament_backward_row(
+    b,
+    k,
+    orders,
+    sorted_w,
+    w_hi,
+    w_lo,
+    gap,
+    t,
+    s_hi0,
+    s_lo0,
+    lo_valid,
+    dw_items,
+    d_scores,
+    consts,
+    power,
+    out,
+):  # pragma: no cover -- compiled
+    """Batch row ``b`` of :func:`tournament_backward`."""
     B, m = dw_items.shape
     zero, one, boost, lb, cap = consts[0], consts[1], consts[4], consts[5], consts[6]
-    for b in prange(B):
-        q = np.empty(m, dw_items.dtype)
-        Q = dw_items[b].copy()
-        dQ = np.empty(m, dw_items.dtype)  # round r's (M_r / 2) differences at offset m - M_r
-        M = m
-        full_off = 0
-        while M > k:
-            h = M // 2
-            o = orders[full_off + b * M : full_off + (b + 1) * M]
-            sw = sorted_w[full_off + b * M : full_off + (b + 1) * M]
-            for i in range(M):
-                q[i] = Q[o[i]]
-            for i in range(h):
-                dQ[m - M + i] = q[i] - q[M - 1 - i]
-                Q[i] = q[i] * sw[i] + q[M - 1 - i] * sw[M - 1 - i]
-            full_off += B * M
-            M = h
-        sigma = np.empty(m, dw_items.dtype)
-        D = np.empty(m, dw_items.dtype)
-        ns = np.empty(m, dw_items.dtype)
-        nD = np.empty(m, dw_items.dtype)
-        for j in range(k):
-            sigma[j] = d_scores[b, j]
-            D[j] = one
-        while M < m:
-            M2 = M * 2
-            h = M
-            full_off -= B * M2
-            half_off = B * (m - M2)
-            o = orders[full_off + b * M2 : full_off + (b + 1) * M2]
-            sw = sorted_w[full_off + b * M2 : full_off + (b + 1) * M2]
-            base = half_off + b * h
-            for i in range(h):
-                c = base + i
-                diff = D[i] * dQ[m - M2 + i] + sigma[i] * gap[c]
-                if power:
-                    ds_hi, ds_lo = _pair_grad(
-                        diff, w_hi[c], w_lo[c], t[c], s_hi0[c], s_lo0[c], lo_valid[c], boost, lb, cap, power, zero, one
-                    )
-                else:
-                    ds_hi, ds_lo = _pair_grad(
-                        diff, w_hi[c], w_lo[c], zero, zero, zero, True, boost, lb, cap, power, zero, one
-                    )
-                lo_place = M2 - 1 - i
-                ns[o[i]] = sigma[i] * sw[i] + ds_hi
-                ns[o[lo_place]] = sigma[i] * sw[lo_place] + ds_lo
-                nD[o[i]] = D[i] * sw[i]
-                nD[o[lo_place]] = D[i] * sw[lo_place]
-            sigma, ns = ns, sigma
-            D, nD = nD, D
-            M = M2
-        out[b] = sigma[:m]
+    q = np.empty(m, dw_items.dtype)
+    Q = dw_items[b].copy()
+    dQ = np.empty(m, dw_items.dtype)  # round r's (M_r / 2) differences at offset m - M_r
+    M = m
+    full_off = 0
+    while M > k:
+        h = M // 2
+        o = orders[full_off + b * M : full_off + (b + 1) * M]
+        sw = sorted_w[full_off + b * M : full_off + (b + 1) * M]
+        for i in range(M):
+            q[i] = Q[o[i]]
+        for i in range(h):
+            dQ[m - M + i] = q[i] - q[M - 1 - i]
+            Q[i] = q[i] * sw[i] + q[M - 1 - i] * sw[M - 1 - i]
+        full_off += B * M
+        M = h
+    sigma = np.empty(m, dw_items.dtype)
+    D = np.empty(m, dw_items.dtype)
+    ns = np.empty(m, dw_items.dtype)
+    nD = np.empty(m, dw_items.dtype)
+    for j in range(k):
+        sigma[j] = d_scores[b, j]
+        D[j] = one
+    while M < m:
+        M2 = M * 2
+        h = M
+        full_off -= B * M2
+        half_off = B * (m - M2)
+        o = orders[full_off + b * M2 : full_off + (b + 1) * M2]
+        sw = sorted_w[full_off + b * M2 : full_off + (b + 1) * M2]
+        base = half_off + b * h
+        for i in range(h):
+            c = base + i
+            diff = D[i] * dQ[m - M2 + i] + sigma[i] * gap[c]
+            if power:
+                ds_hi, ds_lo = _pair_grad(
+                    diff, w_hi[c], w_lo[c], t[c], s_hi0[c], s_lo0[c], lo_valid[c], boost, lb, cap, power, zero, one
+                )
+            else:
+                ds_hi, ds_lo = _pair_grad(
+                    diff, w_hi[c], w_lo[c], zero, zero, zero, True, boost, lb, cap, power, zero, one
+                )
+            lo_place = M2 - 1 - i
+            ns[o[i]] = sigma[i] * sw[i] + ds_hi
+            ns[o[lo_place]] = sigma[i] * sw[lo_place] + ds_lo
+            nD[o[i]] = D[i] * sw[i]
+            nD[o[lo_place]] = D[i] * sw[lo_place]
+        sigma, ns = ns, sigma
+        D, nD = nD, D
+        M = M2
+    out[b] = sigma[:m]
