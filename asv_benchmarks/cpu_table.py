@@ -85,29 +85,29 @@ import numpy as np, shtopk
 rng = np.random.default_rng(0)
 E = rng.normal(size=(2, 64, 8)).astype(np.float32)
 v = rng.normal(size=(2, 64)).astype(np.float32)
-t1 = time.perf_counter()
+t1, c1 = time.perf_counter(), time.process_time()
 out, pullback = shtopk.vjp.successive_halving_topk(E, v, 4)
 pullback(np.ones_like(out.values))
-t2 = time.perf_counter()
+t2, c2 = time.perf_counter(), time.process_time()
 out, pullback = shtopk.vjp.successive_halving_topk(E, v, 4)
 pullback(np.ones_like(out.values))
 t3 = time.perf_counter()
-print(f"{t1 - t0:.3f} {t2 - t1:.3f} {t3 - t2:.4f}")
+print(f"{t1 - t0:.3f} {t2 - t1:.3f} {c2 - c1:.3f} {t3 - t2:.4f}")
 """
 
 
 def first_call_table():
     """Seconds of the first forward+backward (float32 NumPy) in a fresh process, cold and warm cache."""
     print(f"# first call of forward+backward (float32, NumPy) in a fresh process; {platform.machine()}")
-    print(f"{'Numba cache':>12} {'import s':>9} {'first call s':>12} {'second call s':>13}")
+    print(f"{'Numba cache':>12} {'import s':>9} {'first call s':>12} {'(CPU s)':>8} {'second call s':>13}")
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache)
         for label in ("empty", "filled"):
             out = subprocess.run([sys.executable, "-c", _FIRST_CALL], env=env, capture_output=True, text=True)
             if out.returncode:
                 raise RuntimeError(out.stderr)
-            imp, first, second = (float(x) for x in out.stdout.split())
-            print(f"{label:>12} {imp:>9.2f} {first:>12.2f} {second:>13.4f}")
+            imp, first, cpu, second = (float(x) for x in out.stdout.split())
+            print(f"{label:>12} {imp:>9.2f} {first:>12.2f} {cpu:>8.2f} {second:>13.4f}")
 
 
 def main(argv=None):
