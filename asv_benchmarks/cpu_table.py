@@ -13,7 +13,7 @@ default), interleaved round by round:
   a second reference;
 
 each reported as a ratio to the floor (the median of the per-round ratios,
-robust to a noisy machine), plus the peak extra memory of the NumPy
+robust to a noisy machine; ``--stat min``: the ratio of the fastest rounds), plus the peak extra memory of the NumPy
 forward+backward over the bytes of E (tracemalloc: the NumPy allocations,
 dE included; the cotangents are made once, outside). The kernels' engine is
 the default one (``SHTOPK_KERNELS`` or ``--engine`` restricts it).
@@ -119,6 +119,13 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--stat",
+        default="median",
+        choices=["median", "min"],
+        help="median of the per-round ratios (default), or the ratio of the fastest rounds (on a machine other "
+        "processes load, the rounds least disturbed)",
+    )
     parser.add_argument("--engine", choices=["auto", "numba", "numpy", "neutral"], help="sets SHTOPK_KERNELS")
     parser.add_argument("--busy", action="store_true", help="one competing CPU-bound process runs meanwhile")
     parser.add_argument("--no-torch", action="store_true", help="NumPy columns only")
@@ -148,7 +155,7 @@ def main(argv=None):
             f"# NumPy {np.__version__}" + (f", torch {torch.__version__}" if torch else "") + f", engine {engine}, "
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, batch {args.batch}, {args.dtype}"
             + (", one competing CPU-bound process" if args.busy else "")
-            + f"; ratios to the floor, median of {args.repeat} interleaved rounds"
+            + f"; ratios to the floor, {args.stat} of {args.repeat} interleaved rounds"
         )
         cols = ["n", "d", "k", "floor ms", "np fwd", "np f+b"]
         if torch:
@@ -191,7 +198,11 @@ def main(argv=None):
                         fns += [lambda k=k, Et=Et, vt=vt: shtopk.successive_halving_topk(Et, vt, k), th_fb, topk]
                     times = interleaved_seconds(fns, args.repeat)
                     floor = times[:, :2].min(axis=1, keepdims=True)
-                    ratios = np.median(times[:, 2:] / floor, axis=0)
+                    if args.stat == "median":
+                        ratios = np.median(times[:, 2:] / floor, axis=0)
+                    else:
+                        floor = floor.min(axis=0, keepdims=True)
+                        ratios = times[:, 2:].min(axis=0) / floor[0]
                     mem = peak_extra_bytes(np_fb) / E.nbytes
                     row = [f"{n:>10}", f"{d:>10}", f"{k:>10}", f"{np.median(floor) * 1e3:>10.2f}"]
                     row += [f"{r:>10.2f}" for r in ratios] + [f"{mem:>10.2f}"]

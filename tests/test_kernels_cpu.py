@@ -253,6 +253,22 @@ def test_engine_choice(monkeypatch):
     assert _kernels.engine(np.zeros(3)) == "numba"
 
 
+def test_threads_per_call():
+    MiB = cpu.WORK_PER_THREAD
+    assert cpu.threads_for(4, 0, 100 * MiB, 10_000) == 4  # large work, idle machine: every core
+    assert cpu.threads_for(4, 1, 100 * MiB, 10_000) == 3  # a busy neighbour: its core is left out
+    assert cpu.threads_for(2, 5, 100 * MiB, 10_000) == 1  # oversubscribed: the calling thread only
+    assert cpu.threads_for(4, 0, 2.5 * MiB, 10_000) == 2  # small work: few threads
+    assert cpu.threads_for(4, 0, 100 * MiB, 3) == 3  # no more threads than items
+    assert cpu.threads_for(4, 0, 10, 1) == 1
+
+
+def test_busy_cores_is_a_count():
+    cpu.available()
+    cpu._busy_at = -1.0
+    assert cpu._busy() >= 0 and cpu._running_threads_of_this_process() >= 1
+
+
 @pytest.fixture
 def without_numba(monkeypatch):
     """Make ``import numba`` fail, as on an install without the ``cpu`` extra."""

@@ -158,20 +158,32 @@ _busy_at = -1.0
 _busy_cores = 0
 
 
+def _running_threads_of_this_process() -> int:
+    """Threads of this process that are running or runnable now (state ``R``), this one included."""
+    count = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        count += stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] == b"R"
+    return max(1, count)
+
+
 def _busy() -> int:
-    """Cores busy with other work now: runnable threads (Linux ``procs_running``) besides this
-    one, re-read at most every 50 ms; 0 where that count is not available."""
+    """Cores busy with other processes now: runnable threads (Linux ``procs_running``) that are
+    not this process's own (a thread pool that spins after a parallel region is not a
+    neighbour), re-read at most every 50 ms; 0 where those counts are not available."""
     global _busy_at, _busy_cores
     now = time.monotonic()
     if now - _busy_at > 0.05:
         _busy_at = now
         try:
             with open("/proc/stat", "rb") as f:
-                for line in f:
-                    if line.startswith(b"procs_running"):
-                        _busy_cores = max(0, int(line.split()[1]) - 1)
-                        break
-        except (OSError, ValueError):
+                running = next(int(line.split()[1]) for line in f if line.startswith(b"procs_running"))
+            _busy_cores = max(0, running - _running_threads_of_this_process()) if running > 1 else 0
+        except (OSError, ValueError, StopIteration):
             _busy_cores = 0
     return _busy_cores
 
@@ -185,9 +197,14 @@ def _launch(work_bytes: float, items: int) -> int:
     shares its core with another process is slow.
     """
     cores = _cores()
-    threads = int(max(1, min(cores - _busy() if cores > 1 else 1, work_bytes // WORK_PER_THREAD, items)))
+    threads = threads_for(cores, _busy() if cores > 1 else 0, work_bytes, items)
     _numba.set_num_threads(threads)
     return int(max(1, min(items, threads * BLOCKS_PER_THREAD))) if threads > 1 else 1
+
+
+def threads_for(cores: int, busy: int, work_bytes: float, items: int) -> int:
+    """Threads for a call: at most the idle cores, one per :data:`WORK_PER_THREAD` bytes, one per item."""
+    return int(max(1, min(cores - busy, work_bytes // WORK_PER_THREAD, items)))
 
 
 def _run(kernel: Any, *args: Any) -> None:
