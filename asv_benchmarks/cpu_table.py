@@ -45,7 +45,7 @@ import tracemalloc
 import numpy as np
 
 
-def interleaved_seconds(fns, repeat):
+def interleaved_seconds(fns, repeat, clock=time.perf_counter):
     """Time each function once per round, ``repeat`` rounds after a warm-up round.
 
     Returns the per-round times (rounds x functions). Interleaving puts the
@@ -56,9 +56,9 @@ def interleaved_seconds(fns, repeat):
     times = np.empty((repeat, len(fns)))
     for r in range(repeat):
         for j, fn in enumerate(fns):
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times[r, j] = time.perf_counter() - start
+            times[r, j] = clock() - start
     return times
 
 
@@ -97,8 +97,12 @@ print(f"{t1 - t0:.3f} {t2 - t1:.3f} {c2 - c1:.3f} {t3 - t2:.4f}")
 
 
 def first_call_table():
-    """Seconds of the first forward+backward (float32 NumPy) in a fresh process, cold and warm cache."""
-    print(f"# first call of forward+backward (float32, NumPy) in a fresh process; {platform.machine()}")
+    """Seconds of the first forward+backward (float32 NumPy) in a fresh process, cold and warm cache
+    (wall clock, and the CPU seconds of the first call, which a loaded machine inflates less)."""
+    print(
+        f"# first forward+backward (float32, NumPy) in a fresh process; {platform.machine()}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+    )
     print(f"{'Numba cache':>12} {'import s':>9} {'first call s':>12} {'(CPU s)':>8} {'second call s':>13}")
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache)
@@ -125,6 +129,13 @@ def main(argv=None):
         choices=["median", "min"],
         help="median of the per-round ratios (default), or the ratio of the fastest rounds (on a machine other "
         "processes load, the rounds least disturbed)",
+    )
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "cpu"],
+        help="wall-clock time (default), or the CPU time of this process (all its threads): on a machine "
+        "where other processes take turns on the cores, the work done, without the time spent waiting",
     )
     parser.add_argument("--engine", choices=["auto", "numba", "numpy", "neutral"], help="sets SHTOPK_KERNELS")
     parser.add_argument("--busy", action="store_true", help="one competing CPU-bound process runs meanwhile")
@@ -155,7 +166,7 @@ def main(argv=None):
             f"# NumPy {np.__version__}" + (f", torch {torch.__version__}" if torch else "") + f", engine {engine}, "
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, batch {args.batch}, {args.dtype}"
             + (", one competing CPU-bound process" if args.busy else "")
-            + f"; ratios to the floor, {args.stat} of {args.repeat} interleaved rounds"
+            + f"; {args.clock} time, ratios to the floor, {args.stat} of {args.repeat} interleaved rounds"
         )
         cols = ["n", "d", "k", "floor ms", "np fwd", "np f+b"]
         if torch:
@@ -196,7 +207,8 @@ def main(argv=None):
                             return torch.take_along_dim(Et, idx[..., None], dim=-2)
 
                         fns += [lambda k=k, Et=Et, vt=vt: shtopk.successive_halving_topk(Et, vt, k), th_fb, topk]
-                    times = interleaved_seconds(fns, args.repeat)
+                    clock = time.perf_counter if args.clock == "wall" else time.process_time
+                    times = interleaved_seconds(fns, args.repeat, clock)
                     floor = times[:, :2].min(axis=1, keepdims=True)
                     if args.stat == "median":
                         ratios = np.median(times[:, 2:] / floor, axis=0)
