@@ -64,7 +64,6 @@ def main(argv: list[str] | None = None) -> None:
                 sh(
                     "asv",
                     "run",
-                    "--python=same",
                     "-E",
                     "existing:same",
                     "--set-commit-hash",

@@ -29,4 +29,22 @@ numpydoc_xref_param_type = False
 html_theme = "pydata_sphinx_theme"
 html_title = "shtopk"
 html_static_path = ["_static"]
-html_theme_options = {"navigation_with_keys": False, "show_toc_level": 2}
+html_css_files = ["custom.css"]
+templates_path = ["_templates"]
+html_theme_options = {
+    "navigation_with_keys": False,
+    "show_toc_level": 2,
+    # one header row at 1280 px: five links, the rest under "More", and a search button, not a field
+    "header_links_before_dropdown": 5,
+    "navbar_persistent": [],
+    "navbar_end": ["search-button", "theme-switcher", "navbar-icon-links"],
+    # the API pages hold one object each: no "On this page" column, more room for the code
+    "secondary_sidebar_items": {
+        "[!a]*": ["page-toc", "sourcelink"],
+        "api": ["page-toc", "sourcelink"],
+        "api/generated/*": ["sourcelink"],
+    },
+}
+# No left sidebar on the top-level pages, which have no sub-pages (wider content, code without
+# scrolling); the API pages (api, api/generated/*) keep it to list the functions and classes.
+html_sidebars = {"[!a]*": []}

@@ -2,7 +2,7 @@
 
 Give it n vectors ``E`` (..., n, d) and their scores ``v`` (..., n); get back k
 vectors (..., k, d) that a network can backpropagate through to both E and v,
-on NumPy, CuPy, PyTorch or any Python Array API library.
+on NumPy, CuPy, PyTorch, JAX or any Python Array API library.
 """
 
 from . import vjp
@@ -15,13 +15,14 @@ from ._api import (
     plan,
     successive_halving_topk,
 )
-from ._types import Plan, TopK
+from ._types import Plan, PlanTarget, TopK
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_BOOST",
     "Plan",
+    "PlanTarget",
     "TopK",
     "apply",
     "hard_topk",

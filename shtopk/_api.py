@@ -5,18 +5,20 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._array_api import is_torch_array
+from ._array_api import device, is_jax_array, is_torch_array, library_name
 from ._core.flat import Flat, flatten
 from ._core.metric import nccs as _nccs
-from ._kernels import gather_sum, host_inputs, to_torch
+from ._fast import all_true_on_host
+from ._kernels import gather_sum
 from ._operators import HardTopK, IterativeSoftmax, SuccessiveHalving
-from ._types import Plan, TopK
+from ._types import ArrayT, Plan, PlanTarget, ScoresT, TopK, ValuesT
 from ._validation import (
     ORDERS,
     WEIGHTINGS,
     Inputs,
     check_boost,
     check_choice,
+    check_fits_compute_dtype,
     check_inputs,
     check_positive_real,
     check_real_floating,
@@ -58,38 +60,41 @@ def flatten_inputs(inp: Inputs) -> Flat:
     return flatten(inp.xp, inp.device, inp.E, inp.v, inp.mask, inp.k)
 
 
-def _needs_torch_autograd(inp: Inputs) -> bool:
-    if not is_torch_array(inp.E):
-        return False
-    import torch
+def check_operator_fits(op: Any, inp: Inputs) -> None:
+    """Reject a ``boost``/``alpha`` beyond the range of the dtype the weights are computed in."""
+    if isinstance(op, SuccessiveHalving):
+        check_fits_compute_dtype(op.boost, "boost", inp.xp, inp.v.dtype)
+    elif isinstance(op, IterativeSoftmax):
+        check_fits_compute_dtype(op.alpha, "alpha", inp.xp, inp.v.dtype)
 
-    return torch.is_grad_enabled() and (inp.E.requires_grad or inp.v.requires_grad)
 
+def run_operator(op: Any, inp: Inputs) -> TopK[Any, Any]:
+    """Run ``op`` forward; torch tensors go through the custom op ``shtopk::topk`` (with autograd)."""
+    check_operator_fits(op, inp)
+    if is_torch_array(inp.E):
+        # torch: the registered custom op (autograd, torch.compile, torch.func, vmap)
+        from .torch import torch_run
 
-def run_operator(op: Any, inp: Inputs) -> TopK:
-    """Run ``op`` forward; torch tensors that require grad go through autograd."""
-    if _needs_torch_autograd(inp):
-        from .torch import autograd_run
+        return torch_run(op, inp)
+    if is_jax_array(inp.E):
+        from .jax import custom_vjp_run
 
-        return autograd_run(op, inp)
-    host = host_inputs(inp)  # torch CPU tensors: as NumPy arrays, for the compiled CPU engine
-    flat = flatten_inputs(host or inp)
+        return custom_vjp_run(op, inp)
+    flat = flatten_inputs(inp)
     values, scores, _ = op.forward(flat)
-    values, scores = flat.unflatten_values(values), flat.unflatten_scores(scores)
-    return TopK(to_torch(values), to_torch(scores)) if host else TopK(values, scores)
+    return TopK(flat.unflatten_values(values), flat.unflatten_scores(scores))
 
 
 def successive_halving_topk(
-    E: Any,
-    v: Any,
+    E: ValuesT,
+    v: ScoresT,
     k: int,
-    /,
     *,
     boost: float = DEFAULT_BOOST,
     weighting: str = "softmax",
     mask: Any = None,
     order: str = "score",
-) -> TopK:
+) -> TopK[ValuesT, ScoresT]:
     """Differentiable top-k of the rows of ``E`` by score ``v``, by successive halving.
 
     A tournament of ``R = ceil(log2(n / k))`` rounds: every round sorts the
@@ -113,8 +118,11 @@ def successive_halving_topk(
         How sharply each pair is decided. For ``weighting="softmax"`` the
         constant C > 0 in ``softmax(C * s_i, C * s_j)``; for ``"power"`` the
         base b > 1 in ``softmax(b**s_i, b**s_j)``. Larger values approach
-        :func:`hard_topk` (reached exactly in the limit) with less gradient
-        reaching ``v``. The default suits scores of order 1; see the docs.
+        :func:`hard_topk` (reached in the limit when the deciding scores are
+        distinct; exactly tied scores share their weight equally at any
+        boost) with less gradient reaching ``v``. At most the largest value
+        of the compute dtype (3.4e38 unless v is float64). The default suits
+        scores of order 1; see the docs.
     weighting : {"softmax", "power"}, optional
         ``"softmax"`` is the paper's text; ``"power"`` is the authors'
         released code (with ``boost=20`` it reproduces their published nCCS).
@@ -134,11 +142,22 @@ def successive_halving_topk(
         ``values`` (..., k, d) in E's library, device and dtype; ``scores``
         (..., k) in v's dtype.
 
+    See Also
+    --------
+    plan, apply : The same selection in two steps: from the scores alone, then applied to any tensors.
+    hard_topk : The exact top-k, the large-``boost`` limit.
+    iterative_softmax_topk : The iterative softmax baseline of the paper.
+    shtopk.vjp.successive_halving_topk : With its manual pullback (CuPy, NumPy).
+    shtopk.torch.SuccessiveHalvingTopK : As a PyTorch layer.
+
     Notes
     -----
     The weights are computed in at least float32. A NaN score on an item that
     is not masked out makes every output of its batch row NaN (its place in
-    the tournament is undefined). The sort permutations are constants for
+    the tournament is undefined). Finite input gives finite values and
+    gradients in every dtype (gradients beyond the dtype's range saturate at
+    its largest value); a ``+inf`` score wins its pairs with weight exactly 1
+    (see "NaN and infinity policy" in the docs). The sort permutations are constants for
     differentiation, as in the paper; gradients flow to E and v. For torch
     tensors that require grad, the backward pass is the manual,
     memory-lean one of :mod:`shtopk.vjp`, wrapped in autograd.
@@ -159,13 +178,14 @@ def successive_halving_topk(
     return run_operator(successive_halving_operator(boost, weighting, order), check_inputs(E, v, k, mask))
 
 
-def hard_topk(E: Any, v: Any, k: int, /, *, mask: Any = None, order: str = "score") -> TopK:
+def hard_topk(E: ValuesT, v: ScoresT, k: int, *, mask: Any = None, order: str = "score") -> TopK[ValuesT, ScoresT]:
     """Exact top-k: the rows of ``E`` with the k highest scores (ties to the lower index).
 
     Items with score ``-inf`` or NaN, or masked out, are never selected; with
     fewer than k valid items the surplus output rows are zero vectors with
     score ``-inf``. A NaN score on a kept item makes its batch row NaN, as in
-    :func:`successive_halving_topk`, which this is the large-boost limit of.
+    :func:`successive_halving_topk`, which this is the large-boost limit of
+    for distinct scores (successive halving never breaks exact ties).
     Gradients (torch autograd or :mod:`shtopk.vjp`) flow to the selected rows
     of E and to their scores.
 
@@ -184,6 +204,12 @@ def hard_topk(E: Any, v: Any, k: int, /, *, mask: Any = None, order: str = "scor
     -------
     TopK
 
+    See Also
+    --------
+    successive_halving_topk : Its differentiable relaxation.
+    nccs : How close a relaxation comes to it.
+    shtopk.vjp.hard_topk : With its manual pullback.
+
     Examples
     --------
     >>> import numpy as np
@@ -196,7 +222,9 @@ def hard_topk(E: Any, v: Any, k: int, /, *, mask: Any = None, order: str = "scor
     return run_operator(hard_operator(order), check_inputs(E, v, k, mask))
 
 
-def iterative_softmax_topk(E: Any, v: Any, k: int, /, *, alpha: float = 1.0, mask: Any = None) -> TopK:
+def iterative_softmax_topk(
+    E: ValuesT, v: ScoresT, k: int, *, alpha: float = 1.0, mask: Any = None
+) -> TopK[ValuesT, ScoresT]:
     """The iterative softmax top-k baseline (Goyal et al. 2017; the paper's Algorithm 1).
 
     Output row ``i`` is ``p_i @ E`` with score ``p_i @ v``, where
@@ -224,12 +252,17 @@ def iterative_softmax_topk(E: Any, v: Any, k: int, /, *, alpha: float = 1.0, mas
     -------
     TopK
 
+    See Also
+    --------
+    successive_halving_topk : The tournament, better and cheaper at large k.
+    shtopk.vjp.iterative_softmax_topk : With its manual pullback.
+
     Examples
     --------
     >>> import numpy as np
     >>> import shtopk
     >>> out = shtopk.iterative_softmax_topk(np.eye(3), np.array([0.0, 0.5, 1.0]), 2)
-    >>> out.values.round(3)  # row i is the distribution p_i: far from one-hot at alpha = 1
+    >>> out.values.round(3)  # row i: the distribution p_i, far from one-hot
     array([[0.171, 0.363, 0.466],
            [0.438, 0.562, 0.   ]])
     """
@@ -237,15 +270,14 @@ def iterative_softmax_topk(E: Any, v: Any, k: int, /, *, alpha: float = 1.0, mas
 
 
 def plan(
-    v: Any,
+    v: ArrayT,
     k: int,
-    /,
     *,
     boost: float = DEFAULT_BOOST,
     weighting: str = "softmax",
     mask: Any = None,
     order: str = "score",
-) -> Plan:
+) -> Plan[ArrayT]:
     """The successive-halving selection computed from the scores alone.
 
     ``apply(plan(v, k, **kw), E)`` equals ``successive_halving_topk(E, v, k, **kw)``;
@@ -260,6 +292,12 @@ def plan(
         ``weights`` (..., k, 2**R) in at least float32 (each output row's
         weights sum to 1; padding and masked members have weight exactly 0),
         ``scores`` (..., k) in v's dtype.
+
+    See Also
+    --------
+    apply : Apply the plan to a tensor.
+    Plan : Its fields: ``indices`` and ``weights`` are the selection.
+    successive_halving_topk : Plan and apply in one call.
 
     Examples
     --------
@@ -278,6 +316,16 @@ def plan(
     """
     op = successive_halving_operator(boost, weighting, order)
     inp = check_scores(v, k, mask)
+    check_operator_fits(op, inp)
+    if is_jax_array(inp.v):
+        from .jax import jit_plan
+
+        return jit_plan(op, inp)
+    return run_plan(op, inp)
+
+
+def run_plan(op: SuccessiveHalving, inp: Inputs) -> Plan[Any]:
+    """The plan of validated scores, shaped like them."""
     flat = flatten_inputs(inp)
     sel = op.plan(flat)
     xp, batch = inp.xp, inp.batch_shape
@@ -286,17 +334,21 @@ def plan(
         xp.reshape(sel.indices, (*batch, inp.k, P)),
         xp.reshape(sel.weights, (*batch, inp.k, P)),
         flat.unflatten_scores(sel.scores),
+        built_for=PlanTarget(inp.n, batch, library_name(inp.v), inp.device),
     )
 
 
-def apply(plan: Plan, E: Any, /) -> TopK:
+def apply(plan: Plan[ArrayT], E: ValuesT) -> TopK[ValuesT, ArrayT]:
     """Apply a :class:`Plan` to ``E``: ``values[..., j, :] = sum_r weights[..., j, r] * E[..., indices[..., j, r], :]``.
 
     Parameters
     ----------
     plan : Plan
-        From :func:`plan` (any ``(indices, weights, scores)`` triple of that
-        layout works; indices must lie in ``[0, n)``).
+        From :func:`plan`: E must then have the ``n``, leading dimensions,
+        library and device the plan was built for (checked, ``ValueError``
+        otherwise). A hand-made ``Plan(indices, weights, scores)`` of that
+        layout works too; its indices must lie in ``[0, n)``: checked for
+        host arrays, trusted unchecked on a device.
     E : array, shape (..., n, d)
         Same leading dimensions, library and device as the plan; any real
         floating dtype (half precision accumulates in float32).
@@ -306,6 +358,11 @@ def apply(plan: Plan, E: Any, /) -> TopK:
     TopK
         ``values`` (..., k, d) in E's dtype (rows whose score is ``-inf`` are
         zero) and the plan's ``scores``.
+
+    See Also
+    --------
+    plan : Compute the plan from the scores.
+    successive_halving_topk : Plan and apply in one call.
 
     Examples
     --------
@@ -341,6 +398,7 @@ def apply(plan: Plan, E: Any, /) -> TopK:
         raise ValueError(f"E must have shape (*{batch}, n, d), the plan's leading dimensions; got {tuple(E.shape)}")
     k, P = indices.shape[-2], indices.shape[-1]
     n, d = E.shape[-2], E.shape[-1]
+    _check_plan_target(xp, plan, indices, E, n)
     B = math.prod(batch)
     values = gather_sum(
         xp,
@@ -350,6 +408,23 @@ def apply(plan: Plan, E: Any, /) -> TopK:
         xp.reshape(E, (B, n, d)),
     )
     return TopK(xp.reshape(values, (*batch, k, d)), scores)
+
+
+def _check_plan_target(xp: Any, plan: Any, indices: Any, E: Any, n: int) -> None:
+    """E must match what a plan from :func:`plan` was built for (metadata only, no device sync);
+    a hand-made plan's indices are range-checked where that reads host memory only."""
+    target = getattr(plan, "built_for", None)
+    if target is None:
+        in_range = all_true_on_host(xp, (indices >= 0) & (indices < n))
+        if in_range is False:
+            raise ValueError(f"plan.indices must lie in [0, n) = [0, {n}) for E of shape {tuple(E.shape)}")
+        return
+    got = PlanTarget(n, tuple(E.shape[:-2]), library_name(E), device(E))
+    if got != target:
+        raise ValueError(
+            f"the plan was built for n = {target.n}, batch shape {target.batch_shape}, {target.library} on "
+            f"{target.device}; got E with n = {got.n}, batch shape {got.batch_shape}, {got.library} on {got.device}"
+        )
 
 
 def nccs(Y_true: Any, Y_pred: Any) -> Any:
@@ -369,6 +444,11 @@ def nccs(Y_true: Any, Y_pred: Any) -> Any:
     array, shape (...)
         In at least float32. A zero vector has cosine 0 with everything.
 
+    See Also
+    --------
+    hard_topk : The exact top-k, the usual ``Y_true``.
+    successive_halving_topk : The relaxation it measures.
+
     Examples
     --------
     >>> import numpy as np
@@ -387,5 +467,10 @@ def nccs(Y_true: Any, Y_pred: Any) -> Any:
         raise ValueError(
             f"Y_true and Y_pred must have shapes (..., k, d) and (..., k', d) with the same d; "
             f"got {tuple(Y_true.shape)} and {tuple(Y_pred.shape)}"
+        )
+    if Y_true.shape[-2] == 0 or Y_pred.shape[-2] == 0:
+        raise ValueError(
+            "Y_true and Y_pred must each hold at least one vector (k >= 1 and k' >= 1; nCCS of an empty set "
+            f"is undefined); got shapes {tuple(Y_true.shape)} and {tuple(Y_pred.shape)}"
         )
     return _nccs(xp, Y_true, Y_pred)

@@ -18,9 +18,10 @@ from __future__ import annotations
 from typing import Any
 
 from ._core.apply import accumulation_dtype
-from ._core.baseline import BaselineState, distributions, step_chunks
+from ._core.baseline import BaselineState, distributions, score_offsets, step_chunks
+from ._core.finite import cast_saturated, saturate
 from ._core.flat import Flat, nan_factor
-from ._core.plan import Selection
+from ._core.plan import Selection, n_rounds
 from ._fast import take_along_last
 from ._kernels import rows_backward, tournament_backward
 
@@ -55,7 +56,7 @@ def selection_backward(
     if tournament is None:
         ds = take_along_last(xp, d_scores, sel.slot_of_row) * sel.weight_of_row
     else:
-        m = k * sel.indices.shape[-1]
+        m = k << n_rounds(n, k)
         dw = xp.where(flat.valid, xp.astype(dw, flat.s.dtype), 0.0)
         if m > n:
             dw = xp.concat([dw, xp.zeros((B, m - n), dtype=dw.dtype, device=flat.device)], axis=-1)
@@ -63,7 +64,7 @@ def selection_backward(
         ds = tournament_backward(xp, sel, dw, d_scores_t, **tournament)[:, :n]
         ds = xp.where(flat.valid, ds, 0.0)  # invalid items: constant -inf scores (matters when n == k)
         ds = ds * nan_factor(xp, flat.poison, ds.dtype)[:, None]  # poisoned rows: NaN, as their outputs
-    return dE, xp.astype(ds, flat.v_dtype)
+    return dE, cast_saturated(xp, ds, flat.v_dtype)
 
 
 def baseline_backward(
@@ -88,11 +89,18 @@ def baseline_backward(
         if not need_dv:
             continue
         dS = d_scores[:, i0:i1, None]
-        dp = xp.astype(xp.matmul(dv_acc[:, i0:i1, :], xp.matrix_transpose(E_acc)), cdt) + dS * state.s0[:, None, :]
-        dz = p * (dp - xp.sum(p * dp, axis=-1, keepdims=True))
-        g = dz * (-2.0 * state.alpha) * (state.s0[:, None, :] - state.m0[:, i0:i1, None])
-        ds = ds + xp.sum(g + p * dS, axis=1)
-        dm.append(-xp.sum(g, axis=-1))
+        # saturate (finite.py): scores near the dtype's range (or +inf) make dS * s0 overflow,
+        # and an inf here would meet a probability of exactly 0 (inf * 0 = NaN)
+        dp = saturate(xp, xp.astype(xp.matmul(dv_acc[:, i0:i1, :], xp.matrix_transpose(E_acc)), cdt))
+        dp = saturate(xp, dp + saturate(xp, dS * saturate(xp, state.s0)[:, None, :]))  # +inf * 0: no NaN
+        dz = p * saturate(xp, dp - saturate(xp, xp.sum(p * dp, axis=-1, keepdims=True)))
+        # dz/ds = -2 alpha (s - m_i): finite wherever p > 0 (|alpha (s - m_i)| <= sqrt(alpha * 104));
+        # where p == 0 the offset may be +-inf and the gradient is exactly 0
+        offset = score_offsets(xp, state, i0, i1)
+        live = p > 0.0
+        g = xp.where(live, saturate(xp, dz * (-2.0 * (state.alpha * xp.where(live, offset, 0.0)))), 0.0)
+        ds = saturate(xp, ds + xp.sum(g + p * dS, axis=1))
+        dm.append(-saturate(xp, xp.sum(g, axis=-1)))
     if need_dE:
         dE = xp.astype(dE * xp.astype(state.factor, acc)[:, None, None], E.dtype)
     if not need_dv:
@@ -101,6 +109,6 @@ def baseline_backward(
         # the chosen score m_i is the score of the item of rank i
         dm = xp.concat(dm, axis=-1)
         chosen = take_along_last(xp, dm, xp.clip(state.rank, max=k - 1))
-        ds = ds + xp.where(state.valid & (state.rank < k), chosen, 0.0)
+        ds = saturate(xp, ds + xp.where(state.valid & (state.rank < k), chosen, 0.0))
     ds = ds * state.factor[:, None]
-    return dE, xp.astype(ds, flat.v_dtype)
+    return dE, cast_saturated(xp, ds, flat.v_dtype)

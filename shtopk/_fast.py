@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from ._array_api import device, is_cupy_array, is_numpy_array, is_torch_array
+from ._array_api import at, device, is_cupy_array, is_jax_array, is_numpy_array, is_torch_array
 
 
 def inverse_permutation(xp: Any, perm: Any) -> Any:
@@ -22,7 +22,7 @@ def unsort(xp: Any, values: Any, perm: Any) -> Any:
     """Undo a gather: ``out[b, perm[b, i]] = values[b, i]`` for permutations ``perm`` (B, M).
 
     The Array API has no scatter, so the neutral version sorts (O(M log M));
-    NumPy, CuPy and PyTorch scatter instead (O(M)).
+    NumPy, CuPy, PyTorch and JAX scatter instead (O(M)).
     """
     return unsort_many(xp, [values], perm)[0]
 
@@ -32,15 +32,14 @@ def unsort_many(xp: Any, values: list[Any], perm: Any) -> list[Any]:
     B, M = perm.shape
     if is_torch_array(perm):
         return [v.new_empty(v.shape).scatter_(-1, perm, v) for v in values]
-    if is_numpy_array(perm) or is_cupy_array(perm):
-        lib = __import__(type(perm).__module__.split(".")[0])  # numpy or cupy: same indexing API
-        flat = (perm + (lib.arange(B, dtype=perm.dtype) * M)[:, None]).reshape(-1)
-        outs = []
-        for v in values:
-            out = lib.empty(v.shape, dtype=v.dtype)
-            out.reshape(-1)[flat] = v.reshape(-1)
-            outs.append(out)
-        return outs
+    if is_numpy_array(perm) or is_cupy_array(perm) or is_jax_array(perm):
+        # libraries that index with integer arrays: one flat scatter (in place, or JAX's .at[])
+        dev = device(perm)
+        flat = xp.reshape(perm + xp.reshape(xp.arange(B, dtype=perm.dtype, device=dev) * M, (B, 1)), (-1,))
+        return [
+            xp.reshape(at(xp.empty((B * M,), dtype=v.dtype, device=dev), flat).set(xp.reshape(v, (-1,)), xp=xp), (B, M))
+            for v in values
+        ]
     inv = neutral_inverse_permutation(xp, perm)
     return [take_along_last(xp, v, inv) for v in values]
 
@@ -119,7 +118,8 @@ def all_true_on_host(xp: Any, x: Any) -> bool | None:
 
     Lets host arrays skip work that a cheap check proves unnecessary, without
     ever synchronizing with a GPU (device arrays, and libraries not known to
-    be host-only, get None).
+    be host-only, get None). JAX arrays get None even on the CPU: under
+    ``jit`` they are tracers, whose values are unknown.
     """
     if is_numpy_array(x) or (is_torch_array(x) and x.device.type == "cpu"):
         return bool(xp.all(x))

@@ -14,7 +14,7 @@ import operator
 from dataclasses import dataclass
 from typing import Any
 
-from ._array_api import array_namespace, device, is_array_api_obj, library_name
+from ._array_api import array_namespace, compute_dtype, device, is_array_api_obj, library_name
 
 WEIGHTINGS = ("softmax", "power")
 ORDERS = ("score", "input")
@@ -36,6 +36,11 @@ class Inputs:
 
 
 def namespace_of(x: Any, name: str) -> Any:
+    if type(x).__module__.startswith("numpy.ma"):
+        raise TypeError(
+            f"{name} is a numpy.ma.MaskedArray, whose mask shtopk would not see; pass the data "
+            "(x.data) and express masked items with the mask= argument (mask = ~x.mask for v)"
+        )
     if not is_array_api_obj(x):
         raise TypeError(
             f"{name} must be an array (NumPy, CuPy, PyTorch or any Array API library); got {type(x).__name__}"
@@ -44,12 +49,16 @@ def namespace_of(x: Any, name: str) -> Any:
 
 
 def check_same_library(xp: Any, x: Any, name: str, ref_name: str, ref: Any) -> None:
-    """Raise if ``x`` is not from the namespace ``xp`` and the device of ``ref``."""
+    """Raise if ``x`` is not from the namespace ``xp`` and the device of ``ref``.
+
+    A device of None (a JAX array traced under ``jit``, placed by the compiler) matches any.
+    """
     if namespace_of(x, name) is not xp:
         libraries = f"{library_name(x)} and {library_name(ref)}"
         raise TypeError(f"{name} and {ref_name} must come from the same array library; got {libraries}")
-    if device(x) != device(ref):
-        raise ValueError(f"{name} and {ref_name} must be on the same device; got {device(x)} and {device(ref)}")
+    dx, dref = device(x), device(ref)
+    if dx is not None and dref is not None and dx != dref:
+        raise ValueError(f"{name} and {ref_name} must be on the same device; got {dx} and {dref}")
 
 
 def check_real_floating(xp: Any, x: Any, name: str) -> None:
@@ -60,14 +69,27 @@ def check_real_floating(xp: Any, x: Any, name: str) -> None:
         )
 
 
-def check_k(k: Any, n: int) -> int:
-    """Return ``k`` as an int after checking ``1 <= k <= n``."""
-    if isinstance(k, bool):
-        raise TypeError(f"k must be an int; got {k!r}")
+def check_positive_int(k: Any, name: str = "k") -> int:
+    """Return ``k`` as an int after checking it is an integer (a Python int or a 0-d integer
+    array, never a bool) and ``>= 1``."""
+    dtype = getattr(k, "dtype", None)
+    if isinstance(k, bool) or (dtype is not None and "bool" in str(dtype)):
+        raise TypeError(f"{name} must be an int; got {k!r}")
+    if getattr(k, "ndim", 0) != 0:
+        shape = tuple(k.shape)
+        raise TypeError(f"{name} must be an int or a 0-d integer array; got a {k.ndim}-d array of shape {shape}")
     try:
         k = operator.index(k)
     except TypeError:
-        raise TypeError(f"k must be an int; got {type(k).__name__} {k!r}") from None
+        raise TypeError(f"{name} must be an int; got {type(k).__name__} {k!r}") from None
+    if k < 1:
+        raise ValueError(f"{name} must be >= 1; got {name} = {k}")
+    return k
+
+
+def check_k(k: Any, n: int) -> int:
+    """Return ``k`` as an int after checking ``1 <= k <= n``."""
+    k = check_positive_int(k)
     if not 1 <= k <= n:
         raise ValueError(f"k must satisfy 1 <= k <= n = {n} (the number of rows of E); got k = {k}")
     return k
@@ -77,7 +99,10 @@ def check_positive_real(value: Any, name: str, *, greater_than: float = 0.0) -> 
     """Return ``value`` as a float after checking it is finite and ``> greater_than``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number; got {type(value).__name__} {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond the float range, e.g. 10**400
+        raise ValueError(f"{name} must be finite and > {greater_than:g}; got an int too large for a float") from None
     if not math.isfinite(value) or value <= greater_than:
         raise ValueError(f"{name} must be finite and > {greater_than:g}; got {value!r}")
     return value
@@ -86,6 +111,24 @@ def check_positive_real(value: Any, name: str, *, greater_than: float = 0.0) -> 
 def check_boost(boost: Any, weighting: str) -> float:
     """Validate ``boost`` for ``weighting`` (the base of a power must exceed 1)."""
     return check_positive_real(boost, "boost", greater_than=1.0 if weighting == "power" else 0.0)
+
+
+def check_fits_compute_dtype(value: float, name: str, xp: Any, v_dtype: Any) -> None:
+    """Raise ``ValueError`` if ``value`` exceeds the largest finite value of the dtype the
+    weights are computed in for scores of ``v_dtype`` (float32 unless float64-like)."""
+    dtype = compute_dtype(xp, v_dtype)
+    limit = float(xp.finfo(dtype).max)
+    if value > limit:
+        largest = "float64" if dtype == xp.float64 else "float32"
+        raise ValueError(
+            f"{name} must be at most {limit:.7g}, the largest {largest} (the dtype the weights are "
+            f"computed in for scores of dtype {_dtype_name(v_dtype)}); got {value!r}. Use a smaller {name}, "
+            "or float64 scores."
+        )
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def check_choice(value: Any, name: str, options: tuple[str, ...]) -> str:

@@ -1,80 +1,45 @@
-"""PyTorch integration: an ``nn.Module`` and the autograd wrapper of the manual VJP.
+"""PyTorch integration: an ``nn.Module`` and the registered custom ops.
 
 The plain functions (:func:`shtopk.successive_halving_topk`,
-:func:`shtopk.hard_topk`, :func:`shtopk.iterative_softmax_topk`) already
-backpropagate when given tensors that require grad: they run through
-:class:`OperatorFunction`, a ``torch.autograd.Function`` whose backward is the
-memory-lean manual VJP of :mod:`shtopk.vjp` (it keeps the plan, O(n) numbers
-per row, and E; never a per-round copy of E).
+:func:`shtopk.hard_topk`, :func:`shtopk.iterative_softmax_topk`) run torch
+tensors through the custom op ``torch.ops.shtopk.topk`` (registered with
+``torch.library``; autograd by :class:`shtopk._torch_ops.TopKFunction`), whose backward is the memory-lean manual VJP of
+:mod:`shtopk.vjp` (it keeps E, v, the mask and the O(n) record of the
+scores-only tournament; never a per-round copy of E). The op
+works under ``torch.compile(fullgraph=True)``, ``torch.func`` (``grad``,
+``vjp``, ``jacrev``) and ``torch.vmap``; higher-order gradients raise a clear
+error. See the "PyTorch" page of the docs.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
-import torch
-from torch.autograd.function import once_differentiable
+try:
+    import torch
+except ModuleNotFoundError as exc:  # name the extra instead of a bare "No module named 'torch'"
+    if exc.name != "torch":
+        raise
+    raise ModuleNotFoundError(
+        "shtopk.torch needs PyTorch, which is not installed: install shtopk's torch extra "
+        '(pip install "shtopk[torch]", or pip install ".[torch]" in a checkout) '
+        "or the torch build for your platform (https://pytorch.org/get-started/locally/)",
+        name="torch",
+    ) from exc
 
-from ._api import DEFAULT_BOOST, flatten_inputs, run_operator, successive_halving_operator
-from ._kernels import host_inputs, to_torch
+from ._api import DEFAULT_BOOST, run_operator, successive_halving_operator
+from ._torch_ops import TopKFunction, op_arguments
 from ._types import TopK
-from ._validation import Inputs, check_inputs, check_k
+from ._validation import Inputs, check_inputs, check_positive_int
 
-__all__ = ["OperatorFunction", "SuccessiveHalvingTopK"]
-
-
-class OperatorFunction(torch.autograd.Function):
-    """Autograd wrapper: forward with the neutral core, backward with the manual VJP.
-
-    The plain functions use it for tensors that require grad; it saves E and
-    the plan (a few numbers per item), and its backward computes only the
-    gradients that are needed. Once differentiable (no double backward).
-
-    Examples
-    --------
-    >>> import torch
-    >>> import shtopk
-    >>> E = torch.randn(10, 3, requires_grad=True)
-    >>> out = shtopk.successive_halving_topk(E, torch.randn(10), 2)
-    >>> type(out.values.grad_fn).__name__
-    'OperatorFunctionBackward'
-    """
-
-    @staticmethod
-    def forward(ctx: Any, E: torch.Tensor, v: torch.Tensor, op: Any, inp: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
-        inp = dataclasses.replace(inp, E=E, v=v)
-        host = host_inputs(inp)  # CPU tensors: as NumPy arrays, for the compiled CPU engine
-        flat = flatten_inputs(host or inp)
-        values, scores, saved = op.forward(flat, record=True)
-        ctx.save_for_backward(E)
-        ctx.op, ctx.flat, ctx.saved, ctx.host = op, dataclasses.replace(flat, E=None), saved, host is not None
-        values, scores = flat.unflatten_values(values), flat.unflatten_scores(scores)
-        return (to_torch(values), to_torch(scores)) if ctx.host else (values, scores)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, d_values: torch.Tensor, d_scores: torch.Tensor) -> tuple[Any, ...]:
-        (E,) = ctx.saved_tensors
-        shape, B, k = E.shape, ctx.flat.B, ctx.flat.k
-        E, d_values, d_scores = E.reshape(B, ctx.flat.n, ctx.flat.d), d_values.reshape(B, k, -1), d_scores.reshape(B, k)
-        d_values = d_values.to(E.dtype)
-        if ctx.host:
-            E, d_values, d_scores = (x.detach().contiguous().numpy() for x in (E, d_values, d_scores))
-        flat = dataclasses.replace(ctx.flat, E=E)
-        dE, dv = ctx.op.backward(
-            flat, ctx.saved, d_values, d_scores, need_dE=ctx.needs_input_grad[0], need_dv=ctx.needs_input_grad[1]
-        )
-        if ctx.host:
-            dE, dv = to_torch(dE), to_torch(dv)
-        dE = dE.reshape(shape) if dE is not None else None
-        dv = dv.reshape(flat.batch_shape + (flat.n,)) if dv is not None else None
-        return dE, dv, None, None
+__all__ = ["SuccessiveHalvingTopK"]
 
 
-def autograd_run(op: Any, inp: Inputs) -> TopK:
-    """Run ``op`` on tensors that require grad, through :class:`OperatorFunction`."""
-    values, scores = OperatorFunction.apply(inp.E, inp.v, op, inp)
+def torch_run(op: Any, inp: Inputs) -> TopK[torch.Tensor, torch.Tensor]:
+    """Run ``op`` on torch tensors through the custom op ``shtopk::topk`` (differentiable)."""
+    # record the tournament for the backward only when one may follow
+    record = torch.is_grad_enabled() and (inp.E.requires_grad or inp.v.requires_grad)
+    values, scores, *_ = TopKFunction.apply(inp.E, inp.v, inp.mask, inp.k, *op_arguments(op), record)
     return TopK(values, scores)
 
 
@@ -87,6 +52,11 @@ class SuccessiveHalvingTopK(torch.nn.Module):
         How many vectors to keep.
     boost, weighting, order
         As in :func:`shtopk.successive_halving_topk`.
+
+    See Also
+    --------
+    shtopk.successive_halving_topk : The function it calls, with every argument.
+    shtopk.plan : One selection for several tensors.
 
     Examples
     --------
@@ -107,7 +77,7 @@ class SuccessiveHalvingTopK(torch.nn.Module):
         self, k: int, *, boost: float = DEFAULT_BOOST, weighting: str = "softmax", order: str = "score"
     ) -> None:
         super().__init__()
-        self.k = check_k(k, n=k)
+        self.k = check_positive_int(k)
         self._op = successive_halving_operator(boost, weighting, order)
 
     @property
@@ -122,7 +92,9 @@ class SuccessiveHalvingTopK(torch.nn.Module):
     def order(self) -> str:
         return self._op.order
 
-    def forward(self, E: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> TopK:
+    def forward(
+        self, E: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> TopK[torch.Tensor, torch.Tensor]:
         return run_operator(self._op, check_inputs(E, v, self.k, mask))
 
     def extra_repr(self) -> str:

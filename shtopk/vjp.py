@@ -27,24 +27,31 @@ from typing import Any
 
 from ._api import (
     DEFAULT_BOOST,
+    check_operator_fits,
     flatten_inputs,
     hard_operator,
     iterative_operator,
     successive_halving_operator,
 )
-from ._types import TopK
+from ._kernels import host_inputs, to_torch
+from ._kernels.cpu import numpy_view
+from ._types import ScoresT, TopK, ValuesT
 from ._validation import Inputs, check_inputs, check_real_floating, check_same_library
 
 __all__ = ["hard_topk", "iterative_softmax_topk", "successive_halving_topk"]
 
-Pullback = Callable[..., tuple[Any, Any]]
+#: ``pullback(d_values, d_scores=None) -> (dE, dv)``, shaped and typed like ``(E, v)``.
+Pullback = Callable[..., tuple[ValuesT, ScoresT]]
 
 
-def _with_pullback(op: Any, inp: Inputs) -> tuple[TopK, Pullback]:
-    flat = flatten_inputs(inp)
+def _with_pullback(op: Any, inp: Inputs) -> tuple[TopK[Any, Any], Pullback[Any, Any]]:
+    check_operator_fits(op, inp)
+    host = host_inputs(inp)  # torch CPU tensors the compiled CPU engine serves: NumPy views, as in shtopk::topk
+    flat = flatten_inputs(host or inp)
     values, scores, saved = op.forward(flat, record=True)
-    out = TopK(flat.unflatten_values(values), flat.unflatten_scores(scores))
-    xp, B, k, d = inp.xp, flat.B, inp.k, inp.d
+    wrap = to_torch if host else (lambda x: x)
+    out = TopK(wrap(flat.unflatten_values(values)), wrap(flat.unflatten_scores(scores)))
+    xp, fxp, B, k, d = inp.xp, flat.xp, flat.B, inp.k, inp.d
 
     def pullback(d_values: Any, d_scores: Any = None) -> tuple[Any, Any]:
         """Map cotangents of ``(values, scores)`` to cotangents ``(dE, dv)``.
@@ -64,11 +71,12 @@ def _with_pullback(op: Any, inp: Inputs) -> tuple[TopK, Pullback]:
         _check_cotangent(xp, d_values, "d_values", out.values, inp.E)
         if d_scores is not None:
             _check_cotangent(xp, d_scores, "d_scores", out.scores, inp.E)
-            d_scores = xp.reshape(d_scores, (B, k))
+            d_scores = fxp.reshape(numpy_view(d_scores) if host else d_scores, (B, k))
         # copy=False: the backward passes only read the cotangent (a copy cost 2 ms at k=1024, d=256)
-        d_values = xp.reshape(xp.astype(d_values, inp.E.dtype, copy=False), (B, k, d))
+        d_values = xp.astype(d_values, inp.E.dtype, copy=False)
+        d_values = fxp.reshape(numpy_view(d_values) if host else d_values, (B, k, d))
         dE, dv = op.backward(flat, saved, d_values, d_scores)
-        return xp.reshape(dE, tuple(inp.E.shape)), xp.reshape(dv, tuple(inp.v.shape))
+        return wrap(fxp.reshape(dE, tuple(inp.E.shape))), wrap(fxp.reshape(dv, tuple(inp.v.shape)))
 
     return out, pullback
 
@@ -81,21 +89,25 @@ def _check_cotangent(xp: Any, x: Any, name: str, like: Any, ref: Any) -> None:
 
 
 def successive_halving_topk(
-    E: Any,
-    v: Any,
+    E: ValuesT,
+    v: ScoresT,
     k: int,
-    /,
     *,
     boost: float = DEFAULT_BOOST,
     weighting: str = "softmax",
     mask: Any = None,
     order: str = "score",
-) -> tuple[TopK, Pullback]:
+) -> tuple[TopK[ValuesT, ScoresT], Pullback[ValuesT, ScoresT]]:
     """:func:`shtopk.successive_halving_topk` with its pullback ``(d_values, d_scores=None) -> (dE, dv)``.
 
     Arguments as in :func:`shtopk.successive_halving_topk`. The pullback maps
     the cotangents of ``(values, scores)`` to those of ``(E, v)``; it can be
     called several times.
+
+    See Also
+    --------
+    shtopk.successive_halving_topk : Without the pullback; with torch autograd.
+    shtopk.plan : The selection from the scores alone.
 
     Examples
     --------
@@ -103,18 +115,25 @@ def successive_halving_topk(
     >>> from shtopk import vjp
     >>> E, v = np.eye(4), np.array([0.1, 0.9, 0.3, 0.8])
     >>> out, pullback = vjp.successive_halving_topk(E, v, 2, boost=5.0)
-    >>> dE, dv = pullback(np.zeros((2, 4)), d_scores=np.array([1.0, 0.0]))  # d(scores[0])
-    >>> int(np.argmax(dv))  # raising the best score raises the first output score most
+    >>> d_scores = np.array([1.0, 0.0])  # the gradient of out.scores[0]
+    >>> dE, dv = pullback(np.zeros((2, 4)), d_scores=d_scores)
+    >>> int(np.argmax(dv))  # the best item's score moves out.scores[0] most
     1
     """
     op = successive_halving_operator(boost, weighting, order)
     return _with_pullback(op, check_inputs(E, v, k, mask))
 
 
-def hard_topk(E: Any, v: Any, k: int, /, *, mask: Any = None, order: str = "score") -> tuple[TopK, Pullback]:
+def hard_topk(
+    E: ValuesT, v: ScoresT, k: int, *, mask: Any = None, order: str = "score"
+) -> tuple[TopK[ValuesT, ScoresT], Pullback[ValuesT, ScoresT]]:
     """:func:`shtopk.hard_topk` with its pullback ``(d_values, d_scores=None) -> (dE, dv)``.
 
     The selected rows receive the cotangents of their output rows; the others 0.
+
+    See Also
+    --------
+    shtopk.hard_topk : Without the pullback; with torch autograd.
 
     Examples
     --------
@@ -132,16 +151,23 @@ def hard_topk(E: Any, v: Any, k: int, /, *, mask: Any = None, order: str = "scor
     return _with_pullback(hard_operator(order), check_inputs(E, v, k, mask))
 
 
-def iterative_softmax_topk(E: Any, v: Any, k: int, /, *, alpha: float = 1.0, mask: Any = None) -> tuple[TopK, Pullback]:
+def iterative_softmax_topk(
+    E: ValuesT, v: ScoresT, k: int, *, alpha: float = 1.0, mask: Any = None
+) -> tuple[TopK[ValuesT, ScoresT], Pullback[ValuesT, ScoresT]]:
     """:func:`shtopk.iterative_softmax_topk` with its pullback ``(d_values, d_scores=None) -> (dE, dv)``.
+
+    See Also
+    --------
+    shtopk.iterative_softmax_topk : Without the pullback; with torch autograd.
 
     Examples
     --------
     >>> import numpy as np
     >>> from shtopk import vjp
-    >>> out, pullback = vjp.iterative_softmax_topk(np.eye(3), np.array([0.0, 0.5, 1.0]), 2)
+    >>> E, v = np.eye(3), np.array([0.0, 0.5, 1.0])
+    >>> out, pullback = vjp.iterative_softmax_topk(E, v, 2)
     >>> dE, dv = pullback(np.ones((2, 3)))
-    >>> dE.sum(axis=-1).round(3)  # each row of E enters each output with its probability
+    >>> dE.sum(axis=-1).round(3)  # 3 x each row's total probability
     array([1.828, 2.775, 1.398])
     """
     return _with_pullback(iterative_operator(alpha), check_inputs(E, v, k, mask))

@@ -1,8 +1,9 @@
 """The ``backend`` fixture: every test that takes it runs on every array library.
 
-NumPy, array-api-strict and PyTorch (CPU) always run. CuPy and PyTorch on CUDA
-join automatically when a GPU is present, and are skipped with the reason
-otherwise.
+NumPy, array-api-strict and PyTorch (CPU) always run; JAX (with float64
+enabled, as the float64 references need) runs when it is installed. CuPy and
+PyTorch on CUDA join automatically when a GPU is present, and are skipped with
+the reason otherwise.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class Backend:
 
             t = torch.from_numpy(np.array(x, copy=True)).to(self.device)
             return t.to(torch.bfloat16) if dtype == "bfloat16" else t
+        if self.name == "jax":
+            return self.xp.asarray(x, dtype=self.xp.bfloat16 if dtype == "bfloat16" else None)
         if dtype == "bfloat16":
             pytest.skip(f"{self.name} has no bfloat16")
         return self.xp.asarray(x)
@@ -56,6 +59,8 @@ class Backend:
             x = x.get()
         if self.name == "array_api_strict":
             x = np.asarray(x._array)
+        if self.name == "jax" and self.xp.isdtype(x.dtype, "real floating"):
+            x = self.xp.astype(x, self.xp.float64)  # NumPy has no bfloat16
         x = np.asarray(x)
         return x.astype(np.float64) if x.dtype.kind == "f" else x
 
@@ -95,12 +100,19 @@ def _make_backend(name: str) -> Backend:
         import array_api_compat.cupy as xp
 
         return Backend(name, xp)
+    if name == "jax":
+        jax = pytest.importorskip("jax", reason="jax is not installed")
+        jax.config.update("jax_enable_x64", True)  # the tests compare float64 results with float64 references
+        # Every new shape is an XLA compilation, and compiling dominates the JAX tests: skip the
+        # optimizations (faster compiles, slower programs, same values).
+        jax.config.update("jax_disable_most_optimizations", True)
+        return Backend(name, jax.numpy)
     import array_api_compat.torch as xp
 
     return Backend(name, xp, "cuda" if name == "torch-cuda" else "cpu")
 
 
-BACKENDS = ["numpy", "array_api_strict", "torch", "cupy", "torch-cuda"]
+BACKENDS = ["numpy", "array_api_strict", "torch", "jax", "cupy", "torch-cuda"]
 GPU_BACKENDS = {"cupy": "cupy", "torch-cuda": "torch"}
 
 

@@ -71,7 +71,7 @@ def test_all_finite_on_host(backend):
     answers = [
         _fast.all_finite_on_host(xp, backend.asarray(np.array([[0.0, bad]]))) for bad in (np.inf, -np.inf, np.nan)
     ]
-    if backend.name in ("cupy", "torch-cuda", "array_api_strict"):
+    if backend.name in ("cupy", "torch-cuda", "array_api_strict", "jax"):  # jax: tracers have no values
         assert finite is None and answers == [None] * 3
     else:
         assert finite is True and answers == [False] * 3
@@ -80,7 +80,7 @@ def test_all_finite_on_host(backend):
 def test_all_true_on_host(backend):
     xp = backend.xp
     answer = _fast.all_true_on_host(xp, backend.asarray(np.array([True, False])))
-    if backend.name in ("cupy", "torch-cuda", "array_api_strict"):
+    if backend.name in ("cupy", "torch-cuda", "array_api_strict", "jax"):  # jax: tracers have no values
         assert answer is None  # never synchronizes with a GPU; unknown libraries are not assumed host-only
     else:
         assert answer is False

@@ -168,7 +168,7 @@ def test_bad_nccs_arguments(backend):
 def test_module_validates_its_settings():
     from shtopk.torch import SuccessiveHalvingTopK
 
-    with pytest.raises(ValueError, match="k must satisfy"):
+    with pytest.raises(ValueError, match=r"k must be >= 1; got k = 0$"):  # no "n = 0 (the number of rows of E)"
         SuccessiveHalvingTopK(0)
     with pytest.raises(TypeError, match="k must be an int"):
         SuccessiveHalvingTopK(2.5)

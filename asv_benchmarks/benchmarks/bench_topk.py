@@ -1,6 +1,6 @@
 """Forward and forward+backward of successive halving, the iterative baseline and hard top-k.
 
-Parametrized by backend (``numpy``, ``torch:cpu``, ``torch:cuda``, ``cupy``),
+Parametrized by backend (``numpy``, ``torch:cpu``, ``torch:cuda``, ``cupy``, ``jax:cpu``),
 method, n, k, d and dtype, on the paper's data with batch 16. Timed calls
 synchronize the device before returning; ``setup`` warms up (first calls
 allocate, load kernels and fill caches). For GPUs, ``DeviceTime`` also reports
@@ -49,16 +49,14 @@ class Forward:
         _check(backend, method, n, k, d, dtype)
         self.E, self.v = inputs(backend, n, d, dtype)
         self.fn = operator(method, k)
-        self.fn(self.E, self.v)
-        synchronize(backend)
+        synchronize(backend, self.fn(self.E, self.v))
 
     def time_forward(self, backend, method, n, k, d, dtype):
-        self.fn(self.E, self.v)
-        synchronize(backend)
+        synchronize(backend, self.fn(self.E, self.v))
 
 
 class ForwardBackward:
-    """Seconds of one forward and backward pass: torch autograd, or the manual VJP (NumPy, CuPy)."""
+    """Seconds of one forward and backward pass: torch autograd, jitted ``jax.vjp``, or the manual VJP (NumPy, CuPy)."""
 
     params = PARAMS
     param_names = PARAM_NAMES
@@ -69,15 +67,13 @@ class ForwardBackward:
         self.E, self.v = inputs(backend, n, d, dtype, requires_grad=True)
         self.d_values = cotangent(backend, operator(method, k)(self.E, self.v).values)
         self.run = lambda: forward_backward(backend, method, k, self.E, self.v, self.d_values)
-        self.run()
-        synchronize(backend)
+        synchronize(backend, self.run())
 
     def time_forward_backward(self, backend, method, n, k, d, dtype):
-        self.run()
-        synchronize(backend)
+        synchronize(backend, self.run())
 
     def peakmem_forward_backward(self, backend, method, n, k, d, dtype):
-        self.run()
+        synchronize(backend, self.run())
 
 
 class DeviceTime:

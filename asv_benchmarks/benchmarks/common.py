@@ -17,7 +17,7 @@ import shtopk
 
 # Import the optional libraries once, at discovery: asv's fork server then
 # preloads them and every benchmark process starts without paying the import.
-for _name in ("torch", "cupy"):
+for _name in ("torch", "cupy", "jax"):
     try:
         importlib.import_module(_name)
     except ImportError:
@@ -25,7 +25,7 @@ for _name in ("torch", "cupy"):
 #: No NVIDIA device node: GPU backends are skipped without initializing CUDA.
 NO_GPU = not os.path.exists("/dev/nvidiactl")
 
-BACKENDS = ["numpy", "torch:cpu", "torch:cuda", "cupy"]
+BACKENDS = ["numpy", "torch:cpu", "torch:cuda", "cupy", "jax:cpu"]
 METHODS = ["successive_halving", "iterative", "hard"]
 BATCH = 16
 N = [1024, 16384]
@@ -58,6 +58,8 @@ def library(backend: str) -> Any:
             if backend == "torch:cuda" and not torch.cuda.is_available():
                 raise NotImplementedError("torch:cuda: no GPU")
             return torch
+        if backend.startswith("jax"):
+            return importlib.import_module("jax")
         return np
     except ImportError as exc:
         raise NotImplementedError(f"{backend}: {exc}") from None
@@ -68,11 +70,15 @@ def library(backend: str) -> Any:
 
 
 def check_size(backend: str, method: str, n: int, k: int, d: int, dtype: str) -> None:
-    """Skip what cannot or should not run on this backend."""
+    """Skip what cannot or should not run on this backend, and methods that
+    ``SHTOPK_BENCH_METHODS`` (a comma-separated list, when set) leaves out."""
+    chosen = os.environ.get("SHTOPK_BENCH_METHODS")
+    if chosen and method not in chosen.split(","):
+        raise NotImplementedError(f"SHTOPK_BENCH_METHODS={chosen} leaves out {method}")
     library(backend)
     if k >= n:
         raise NotImplementedError("k >= n")
-    if dtype == "bfloat16" and not backend.startswith("torch"):
+    if dtype == "bfloat16" and not backend.startswith(("torch", "jax")):
         raise NotImplementedError(f"{backend} has no bfloat16")
     if not is_gpu(backend):
         if BATCH * n * d > CPU_MAX_ELEMENTS:
@@ -91,6 +97,9 @@ def inputs(backend: str, n: int, d: int, dtype: str, *, requires_grad: bool = Fa
         return E, v
     if backend == "cupy":
         return lib.asarray(E), lib.asarray(v)
+    if backend.startswith("jax"):
+        device = lib.devices(backend.split(":")[1])[0]
+        return tuple(lib.device_put(lib.numpy.asarray(x, dtype=dtype), device) for x in (E, v))
     device = backend.split(":")[1]
     out = []
     for x in (E, v):
@@ -117,23 +126,43 @@ def manual_vjp(method: str, k: int):
     }[method]
 
 
-def synchronize(backend: str) -> None:
-    """Wait for the device, so that a timed call includes all of its GPU work."""
+def synchronize(backend: str, result: Any = None) -> None:
+    """Wait for the device, so that a timed call includes all of its work (JAX: the work behind ``result``)."""
     if backend == "torch:cuda":
         library(backend).cuda.synchronize()
     elif backend == "cupy":
         library(backend).cuda.get_current_stream().synchronize()
+    elif backend.startswith("jax") and result is not None:
+        library(backend).block_until_ready(result)
 
 
-def forward_backward(backend: str, method: str, k: int, E: Any, v: Any, d_values: Any) -> None:
-    """One forward and backward pass: autograd for torch, the manual VJP otherwise."""
+def jax_gradient(method: str, k: int):
+    """JAX: the jitted (E, v, d_values) -> (dE, dv) of ``method`` (jax.vjp through the custom VJP)."""
+    jax = importlib.import_module("jax")
+    fn = operator(method, k)
+    return jax.jit(lambda E, v, d_values: jax.vjp(lambda E_, v_: fn(E_, v_).values, E, v)[1](d_values))
+
+
+def forward_backward(backend: str, method: str, k: int, E: Any, v: Any, d_values: Any) -> Any:
+    """One forward and backward pass: autograd for torch, jax.vjp for JAX, the manual VJP otherwise."""
     if backend.startswith("torch"):
         E.grad = v.grad = None
         out = operator(method, k)(E, v)
         out.values.backward(d_values)
-    else:
-        out, pullback = manual_vjp(method, k)(E, v)
-        pullback(d_values)
+        return None
+    if backend.startswith("jax"):
+        return _jax_gradients(method, k)(E, v, d_values)
+    out, pullback = manual_vjp(method, k)(E, v)
+    return pullback(d_values)
+
+
+_JAX_GRADIENTS: dict[tuple[str, int], Any] = {}
+
+
+def _jax_gradients(method: str, k: int) -> Any:
+    if (method, k) not in _JAX_GRADIENTS:
+        _JAX_GRADIENTS[method, k] = jax_gradient(method, k)
+    return _JAX_GRADIENTS[method, k]
 
 
 def cotangent(backend: str, like: Any) -> Any:
@@ -145,6 +174,8 @@ def cotangent(backend: str, like: Any) -> Any:
         return x
     if backend == "cupy":
         return lib.asarray(x)
+    if backend.startswith("jax"):
+        return lib.device_put(lib.numpy.asarray(x, dtype=like.dtype), like.devices().pop())
     return lib.from_numpy(x).to(device=like.device, dtype=like.dtype)
 
 

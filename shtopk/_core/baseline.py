@@ -49,11 +49,21 @@ def step_chunks(B: int, n: int, k: int) -> list[tuple[int, int]]:
     return [(i, min(k, i + step)) for i in range(0, k, step)]
 
 
+def score_offsets(xp: Any, state: BaselineState, i0: int, i1: int) -> Any:
+    """``s - m_i`` (B, i1 - i0, n), exactly 0 where equal: a ``+inf`` score against the
+    ``+inf`` chosen score is a tie (not ``inf - inf = NaN``); otherwise ``-inf`` or
+    an overflow to ``+-inf``, which only ever gives probability 0."""
+    s = state.s0[:, None, :]
+    m = state.m0[:, i0:i1, None]
+    tie = s == m
+    return xp.where(tie, 0.0, xp.where(tie, 0.0, s) - xp.where(tie, 0.0, m))
+
+
 def distributions(xp: Any, state: BaselineState, i0: int, i1: int) -> Any:
     """The softmax distributions ``p_i`` (B, i1 - i0, n) of steps ``i0 <= i < i1``."""
     steps = xp.arange(i0, i1, dtype=state.rank.dtype, device=device(state.rank))
     allowed = state.valid[:, None, :] & (state.rank[:, None, :] >= steps[None, :, None])
-    z = -state.alpha * (state.s0[:, None, :] - state.m0[:, i0:i1, None]) ** 2
+    z = -state.alpha * score_offsets(xp, state, i0, i1) ** 2
     ez = xp.where(allowed, xp.exp(z), 0.0)
     denom = xp.where(state.step_valid[:, i0:i1, None], xp.sum(ez, axis=-1, keepdims=True), 1.0)
     return ez / denom
@@ -84,7 +94,8 @@ def iterative_forward(
     for i0, i1 in step_chunks(B, n, k):
         p = distributions(xp, state, i0, i1)
         values.append(xp.matmul(xp.astype(p, acc, copy=False), E_acc))
-        scores.append(xp.sum(p * state.s0[:, None, :], axis=-1))
+        # where(p > 0): a +inf score already chosen has p = 0 (0 * inf would be NaN)
+        scores.append(xp.sum(xp.where(p > 0.0, p * state.s0[:, None, :], 0.0), axis=-1))
     values = xp.concat(values, axis=1) if values else xp.zeros((B, k, d), dtype=acc, device=device(E))
     scores = xp.concat(scores, axis=1) if scores else xp.zeros((B, k), dtype=s.dtype, device=device(s))
     values = xp.astype(values * state.factor[:, None, None], E.dtype)

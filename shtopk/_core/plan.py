@@ -28,6 +28,7 @@ from .._fast import (
     take_along_last,
     take_along_last_many,
 )
+from .finite import finite_gap
 from .flat import nan_factor
 
 _NEG_INF = -math.inf
@@ -54,8 +55,9 @@ class Round:
     pairs) saves building the pairs in the forward pass and re-assembling
     them for the backward scatter. With ``record``, also ``s_hi``/``s_lo``,
     the pair's scores with finite stand-ins for invalid entries, their
-    difference ``gap``, ``t``, the non-negative gap behind the weights, and
-    ``lo_valid``.
+    difference ``gap`` (saturated at the dtype's largest finite value, see
+    :func:`.finite.finite_gap`), ``t``, the non-negative gap behind the
+    weights, and ``lo_valid``.
     """
 
     order: Any
@@ -206,7 +208,8 @@ def tournament(
         s_hi0, s_lo0, t, w_hi, w_lo, lo_valid, s = pair_weights(xp, s_hi, s_lo, boost, weighting, all_finite=finite)
         sorted_weights = xp.concat([w_hi, xp.flip(w_lo, axis=-1)], axis=-1)
         if record:
-            rounds.append(Round(order_r, sorted_weights, w_hi, w_lo, s_hi0, s_lo0, s_hi0 - s_lo0, t, lo_valid))
+            gap = finite_gap(xp, s_hi0, s_lo0)  # never inf (scores near both ends of the range, or +inf)
+            rounds.append(Round(order_r, sorted_weights, w_hi, w_lo, s_hi0, s_lo0, gap, t, lo_valid))
         else:
             rounds.append(Round(order_r, sorted_weights, w_hi, w_lo))
     slot_valid = s > _NEG_INF

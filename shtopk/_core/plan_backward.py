@@ -10,21 +10,52 @@ import math
 from typing import Any
 
 from .._fast import take_along_last, unsort_many
+from .finite import largest, saturate
 from .plan import Round, Selection
 
 
-def _pair_weight_grad(xp: Any, rd: Round, diff: Any, boost: float, weighting: str) -> tuple[Any, Any]:
-    """Score cotangents from ``diff = dL/dw_hi - dL/dw_lo`` through ``w = sigmoid(t)``."""
+def _pair_weight_grad(xp: Any, rd: Round, dq: Any, sigma: Any, boost: float, weighting: str) -> tuple[Any, Any]:
+    """Score cotangents of a pair's members through ``w_hi = sigmoid(t)``.
+
+    The weight cotangent ``dL/dw_hi - dL/dw_lo`` is ``dq + sigma * gap`` (``dq = D * dQ``);
+    the two terms go through the sigmoid separately so that nothing overflows to
+    ``inf`` and no ``inf * 0`` arises. With ``ww = w_hi * w_lo``:
+
+    - softmax (``t = boost * gap``): ``c = dq * ww * boost + sigma * ww * t``, and
+      ``ds_hi = c = -ds_lo``. ``ww * t <= 0.23`` is bounded (``ww`` is 0 where ``t``
+      is huge or ``inf``), which replaces ``sigma * gap * ww * boost``, whose ``gap``
+      may overflow.
+    - power (``t = b**s_hi - b**s_lo``): ``ds_hi = dq * f_hi + sigma * gap * f_hi``
+      and ``ds_lo = -(dq * f_lo + sigma * gap * f_lo)`` with
+      ``f = ww * ln(b) * b**s``; ``f`` and ``gap * f`` are formed in log space
+      (``exp(s ln b + log ww)``, ``exp(log gap + log ln b + s ln b + log ww)``).
+
+    Every product saturates at the dtype's largest finite value (a true cotangent
+    beyond the range, e.g. a tie at boost 1e38, comes out as +-max, never inf/NaN).
+    """
+    dt = rd.t.dtype
+    big = largest(xp, dt)
     if weighting == "softmax":
-        c = diff * rd.w_hi * rd.w_lo * boost
+        ww = rd.w_hi * rd.w_lo
+        # clip(t): t = inf only where ww = 0 (weights 1 and 0), and ww * max = 0 there
+        c = saturate(xp, dq * (ww * boost) + sigma * (ww * xp.clip(rd.t, max=big)))
         return c, -c
-    # d w_hi / d s = w_hi * w_lo * ln(b) * b**s, formed in log space (no overflow)
     lb = math.log(boost)
-    cap = math.log(xp.finfo(rd.t.dtype).max) - max(0.0, math.log(lb)) - 1.0
-    log_ww = -rd.t - 2.0 * xp.log1p(xp.exp(-rd.t))
-    f_hi = xp.where(rd.lo_valid, xp.exp(xp.clip(rd.s_hi * lb + log_ww, max=cap)), 0.0) * lb
-    f_lo = xp.where(rd.lo_valid, xp.exp(xp.clip(rd.s_lo * lb + log_ww, max=cap)), 0.0) * lb
-    return diff * f_hi, -diff * f_lo
+    cap = math.log(big) - max(0.0, math.log(lb)) - 1.0  # f = ln(b) * exp(<= cap) <= max / e
+    cap_g = math.log(big) - 1.0
+    log_ww = -rd.t - 2.0 * xp.log1p(xp.exp(-rd.t))  # t is finite here (pair_gap saturates it)
+    has_gap = rd.lo_valid & (rd.gap > 0.0)
+    log_gap = xp.log(xp.where(has_gap, rd.gap, 1.0)) + math.log(lb)
+
+    def side(s: Any) -> Any:
+        # s ln b clipped to +-max/4: +inf scores stay finite; the clip only acts where t is
+        # saturated too, and there log_ww (<= -max/e) already makes the exponent negative
+        e = xp.clip(s * lb, min=-big / 4, max=big / 4) + log_ww
+        f = xp.where(rd.lo_valid, xp.exp(xp.clip(e, max=cap)), 0.0) * lb
+        gf = xp.where(has_gap, xp.exp(xp.clip(e + log_gap, max=cap_g)), 0.0)
+        return saturate(xp, saturate(xp, dq * f) + saturate(xp, sigma * gf))
+
+    return side(rd.s_hi), -side(rd.s_lo)
 
 
 def _sorted_layout(xp: Any, hi_part: Any, lo_part: Any) -> Any:
@@ -44,7 +75,9 @@ def neutral_tournament_backward(
     ``D`` the product of the weights a group receives from later rounds, the
     cotangent of a pair weight is ``D * Q + sigma * s`` (``sigma`` being the
     cotangent of the merged score), so a pair needs only
-    ``dL/dw_hi - dL/dw_lo = D * (Q_hi - Q_lo) + sigma * (s_hi - s_lo)``.
+    ``dL/dw_hi - dL/dw_lo = D * (Q_hi - Q_lo) + sigma * (s_hi - s_lo)``
+    (the two terms enter :func:`_pair_weight_grad` separately; ``sigma``
+    saturates at the dtype's largest finite value).
     ``Q`` is built bottom-up, ``D`` and ``sigma`` top-down. Both directions
     work in each round's sort order, where a member's weight is at its own
     place (``sorted_weights``): one gather per round for ``Q``, one scatter
@@ -61,11 +94,11 @@ def neutral_tournament_backward(
     sigma = d_scores
     D = xp.ones_like(d_scores)
     for rd, dQ in zip(reversed(sel.rounds), reversed(dQs), strict=True):
-        ds_hi, ds_lo = _pair_weight_grad(xp, rd, D * dQ + sigma * rd.gap, boost, weighting)
+        ds_hi, ds_lo = _pair_weight_grad(xp, rd, D * dQ, sigma, boost, weighting)
         sigma, D = unsort_many(
             xp,
             [
-                _sorted_layout(xp, sigma, sigma) * rd.sorted_weights + _sorted_layout(xp, ds_hi, ds_lo),
+                saturate(xp, _sorted_layout(xp, sigma, sigma) * rd.sorted_weights + _sorted_layout(xp, ds_hi, ds_lo)),
                 _sorted_layout(xp, D, D) * rd.sorted_weights,
             ],
             rd.order,

@@ -12,6 +12,11 @@ that dominate the cost, faster implementations exist for some libraries, and
 ``"numpy"``
     NumPy arrays without Numba: NumPy calls that write into buffers they own
     (:mod:`.numpy_ops`).
+``"triton"``
+    torch CUDA tensors and CuPy arrays, when Triton is installed: GPU
+    kernels written once in Triton (:mod:`.triton_kernels`, launched by
+    :mod:`.triton_ops`) for float32/float16/bfloat16 (float64 runs the
+    neutral core).
 ``"neutral"``
     Everything else: the pure Array API core.
 
@@ -26,17 +31,19 @@ Every dispatch function has the signature of its neutral counterpart in
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from functools import cache
 from typing import Any
 
-from .._array_api import is_numpy_array, is_torch_array
+from .._array_api import is_cupy_array, is_numpy_array, is_torch_array
 from .._core.apply import neutral_gather_sum, neutral_rows_backward
 from .._core.plan import Selection
 from .._core.plan import tournament as neutral_tournament
 from .._core.plan_backward import neutral_tournament_backward
 from . import cpu
 
-ENGINES = ("numba", "numpy", "neutral")
+ENGINES = ("numba", "numpy", "triton", "neutral")
 
 
 def _allowed() -> str:
@@ -55,6 +62,8 @@ def engine(*arrays: Any) -> str:
         return "numba"
     if allowed in ("auto", "numpy") and all(is_numpy_array(x) for x in arrays):
         return "numpy"
+    if allowed in ("auto", "triton") and _on_gpu(arrays) and _triton_installed():
+        return "triton"
     return "neutral"
 
 
@@ -96,20 +105,41 @@ def _numpy_allowed(*arrays: Any) -> bool:
     return _allowed() in ("auto", "numpy") and all(is_numpy_array(x) for x in arrays)
 
 
+def _on_gpu(arrays: tuple[Any, ...]) -> bool:
+    """All CuPy arrays, or all torch CUDA tensors."""
+    if not arrays:
+        return False
+    return all(is_cupy_array(x) for x in arrays) or all(is_torch_array(x) and x.device.type == "cuda" for x in arrays)
+
+
+@cache
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _triton_takes(xp: Any, *dtypes: Any) -> bool:
+    """The Triton kernels take float32/float16/bfloat16 arrays (float64 runs the neutral core)."""
+    return all(dt != xp.float64 for dt in dtypes)
+
+
 def gather_sum(xp: Any, indices: Any, weights: Any, scores: Any, E: Any) -> Any:
     """``out[b, j] = sum_r weights[b, j, r] * E[b, indices[b, j, r]]``; see
     :func:`shtopk._core.apply.neutral_gather_sum`."""
     arrays = (indices, weights, scores, E)
-    kind = engine(*arrays)
-    if kind == "numba":
+    chosen = engine(*arrays)
+    if chosen == "numba":
         out = cpu.gather_sum(xp, indices, weights, scores, E)
         if out is not None:
             return out
-        kind = "numpy" if _numpy_allowed(*arrays) else "neutral"  # indices out of range: the reference's errors
-    if kind == "numpy":
+        chosen = "numpy" if _numpy_allowed(*arrays) else "neutral"  # indices out of range: the reference's errors
+    if chosen == "numpy":
         from . import numpy_ops
 
         return numpy_ops.gather_sum(xp, indices, weights, scores, E)
+    if chosen == "triton" and _triton_takes(xp, E.dtype):
+        from . import triton_ops
+
+        return triton_ops.gather_sum(xp, indices, weights, scores, E)
     return neutral_gather_sum(xp, indices, weights, scores, E)
 
 
@@ -118,13 +148,17 @@ def rows_backward(
 ) -> tuple[Any, Any]:
     """``(dE, dw)`` of a selection whose rows each land in one slot; see
     :func:`shtopk._core.apply.neutral_rows_backward`."""
-    kind = engine(d_values, slot_of_row, weight_of_row, E)
-    if kind == "numba":
+    chosen = engine(d_values, slot_of_row, weight_of_row, E)
+    if chosen == "numba":
         return cpu.rows_backward(xp, d_values, slot_of_row, weight_of_row, E, need_dE=need_dE, need_dw=need_dw)
-    if kind == "numpy":
+    if chosen == "numpy":
         from . import numpy_ops
 
         return numpy_ops.rows_backward(xp, d_values, slot_of_row, weight_of_row, E, need_dE=need_dE, need_dw=need_dw)
+    if chosen == "triton" and _triton_takes(xp, E.dtype):
+        from . import triton_ops
+
+        return triton_ops.rows_backward(xp, d_values, slot_of_row, weight_of_row, E, need_dE=need_dE, need_dw=need_dw)
     return neutral_rows_backward(xp, d_values, slot_of_row, weight_of_row, E, need_dE=need_dE, need_dw=need_dw)
 
 
@@ -141,14 +175,27 @@ def tournament(
     record: bool = False,
 ) -> Selection:
     """The scores-only tournament (the plan); see :func:`shtopk._core.plan.tournament`."""
-    if engine(s, valid, poison) == "numba":
+    chosen = engine(s, valid, poison)
+    if chosen == "numba":
         return cpu.tournament(xp, s, valid, poison, k, boost=boost, weighting=weighting, order=order, record=record)
+    if chosen == "triton" and _triton_takes(xp, s.dtype):
+        from . import triton_ops
+
+        return triton_ops.tournament(
+            xp, s, valid, poison, k, boost=boost, weighting=weighting, order=order, record=record
+        )
     return neutral_tournament(xp, s, valid, poison, k, boost=boost, weighting=weighting, order=order, record=record)
 
 
 def tournament_backward(xp: Any, sel: Selection, dw_items: Any, d_scores: Any, boost: float, weighting: str) -> Any:
     """Score cotangents of the padded items; see
     :func:`shtopk._core.plan_backward.neutral_tournament_backward`."""
-    if engine(dw_items, d_scores, *(sel.rounds[0].order,) if sel.rounds else ()) == "numba":
+    chosen = engine(dw_items, d_scores, *(sel.rounds[0].order,) if sel.rounds else ())
+    if chosen == "numba":
         return cpu.tournament_backward(xp, sel, dw_items, d_scores, boost, weighting)
+    if chosen == "triton" and _triton_takes(xp, dw_items.dtype, d_scores.dtype):
+        from . import triton_ops
+
+        if triton_ops.backward_reads(sel):
+            return triton_ops.tournament_backward(xp, sel, dw_items, d_scores, boost, weighting)
     return neutral_tournament_backward(xp, sel, dw_items, d_scores, boost, weighting)

@@ -23,6 +23,7 @@ small step; the tournament and its backward run on the calling thread.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -31,7 +32,9 @@ from typing import Any
 import numpy as np
 
 from .._array_api import is_numpy_array, is_torch_array
+from .._core.finite import finite_gap
 from .._core.plan import Round, Selection, n_rounds
+from .._core.plan_backward import neutral_tournament_backward
 from .._fast import argsort_descending
 
 #: Bytes of E (or of the plan) one thread should have to itself before a call uses another thread.
@@ -71,7 +74,7 @@ _NUMPY_FLOATS = ("float16", "float32", "float64")
 
 def _supported(x: Any) -> bool:
     if is_numpy_array(x):
-        return x.dtype.kind in "biu" or x.dtype.name in _NUMPY_FLOATS
+        return x.dtype.isnative and (x.dtype.kind in "biu" or x.dtype.name in _NUMPY_FLOATS)  # no ">f8"
     if is_torch_array(x):
         import torch
 
@@ -273,13 +276,11 @@ def rows_backward(
 # ---------------------------------------------------------------- the tournament
 
 
-def _consts(dtype: np.dtype, boost: float, weighting: str, *, backward: bool) -> np.ndarray:
+def _consts(dtype: np.dtype, boost: float, weighting: str) -> np.ndarray:
     """Typed constants of the kernels: 0, 1, -inf, nan, boost, log(boost), the exp cap."""
     power = weighting == "power"
     lb = math.log(boost) if power else 0.0
     cap = math.log(np.finfo(dtype).max) - 1.0
-    if backward and power:
-        cap -= max(0.0, math.log(lb))
     return np.array([0.0, 1.0, -math.inf, math.nan, boost, lb, cap], dtype=dtype)
 
 
@@ -332,7 +333,7 @@ def tournament(
             poison_h,
             order0,
             k,
-            _consts(dt, boost, weighting, backward=False),
+            _consts(dt, boost, weighting),
             weighting == "power",
             order == "input",
             masked,
@@ -353,6 +354,8 @@ def tournament(
             weight_of_row,
             inv_perm,
         )
+    if record and gap.size:
+        gap[...] = finite_gap(np, s_hi0, s_lo0)  # the neutral core's recorded gap: never inf, 0 for ties
     rounds = []
     for r in range(R):
         M = m >> r
@@ -380,39 +383,16 @@ def tournament(
 
 
 def tournament_backward(xp: Any, sel: Selection, dw_items: Any, d_scores: Any, boost: float, weighting: str) -> Any:
-    """:func:`shtopk._core.plan_backward.neutral_tournament_backward` as one kernel call."""
-    _require()
-    dw_h = _host(dw_items)
-    B, m = dw_h.shape
-    k = d_scores.shape[-1]
+    """:func:`shtopk._core.plan_backward.neutral_tournament_backward` itself, on NumPy views of
+    the arrays (no kernel: O(n) work per row, and the neutral core's saturating formulas are
+    the reference for extreme inputs)."""
     if not sel.rounds:
         return d_scores
-    dt = dw_h.dtype
-    power = weighting == "power"
-
-    def cat(field: str) -> np.ndarray:
-        return np.concatenate([_host(getattr(rd, field)).reshape(-1) for rd in sel.rounds])
-
-    per_pair = ("gap", "t", "s_hi", "s_lo", "lo_valid") if power else ("gap",)
-    arrays = {f: cat(f) for f in ("order", "sorted_weights", "w_hi", "w_lo", *per_pair)}
-    empty = np.empty(0, dt)
-    out = np.empty((B, m), dt)
-    if B:
-        _kernels.tournament_backward(
-            k,
-            arrays["order"].astype(np.int64, copy=False),
-            arrays["sorted_weights"],
-            arrays["w_hi"],
-            arrays["w_lo"],
-            arrays["gap"],
-            arrays.get("t", empty),
-            arrays.get("s_hi", empty),
-            arrays.get("s_lo", empty),
-            arrays.get("lo_valid", np.empty(0, bool)),
-            dw_h,
-            _host(d_scores, dt),
-            _consts(dt, boost, weighting, backward=True),
-            power,
-            out,
-        )
-    return _wrap(out, dw_items)
+    dt = _host(dw_items).dtype
+    rounds = [
+        Round(*(None if x is None else _host(x) for x in (getattr(rd, f.name) for f in dataclasses.fields(rd))))
+        for rd in sel.rounds
+    ]
+    host_sel = dataclasses.replace(sel, rounds=rounds)
+    out = neutral_tournament_backward(np, host_sel, _host(dw_items), _host(d_scores, dt), boost, weighting)
+    return _wrap(np.ascontiguousarray(out), dw_items)

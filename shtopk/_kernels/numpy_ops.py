@@ -75,7 +75,10 @@ def _dense_gather_sum(indices: Any, weights: Any, scores: Any, E: Any) -> Any | 
     (masked rows, whose values may be anything, NaN included); it is used only
     when every row of E is a member of some output row and no output row is a
     surplus one, so it reads exactly the rows the gather reads. Repeated
-    indices add up, as in the gather.
+    indices add up, as in the gather. A non-finite result (E holds NaN or
+    inf, which the dense product would spread to every output row of the
+    batch row) also returns None, so that such rows poison only their own
+    slot, as in every other backend.
     """
     B, k, P = indices.shape
     n = E.shape[-2]
@@ -87,7 +90,12 @@ def _dense_gather_sum(indices: Any, weights: Any, scores: Any, E: Any) -> Any | 
     cells = rows + (np.arange(B, dtype=np.intp) * (k - 1) * n)[:, None]  # (b, i) -> b*k*n + i ...
     cells += np.repeat(np.arange(k, dtype=np.intp) * n, P)[None, :]  # ... + j*n for slot j
     dense = np.bincount(cells.reshape(-1), weights=weights.reshape(-1), minlength=B * k * n)
-    return np.matmul(dense.astype(E.dtype, copy=False).reshape(B, k, n), E)
+    out = np.matmul(dense.astype(E.dtype, copy=False).reshape(B, k, n), E)
+    if not np.isfinite(out).all():
+        # a NaN/inf row of E would reach every output row of its batch row here (0 * NaN = NaN);
+        # the gather keeps it in its own slot, the documented per-slot policy
+        return None
+    return out
 
 
 def gather_sum(xp: Any, indices: Any, weights: Any, scores: Any, E: Any) -> Any:

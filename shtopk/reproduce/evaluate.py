@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -34,8 +34,9 @@ METHODS: dict[str, tuple[str, Callable[..., Any]]] = {
 
 PAPER_N = tuple(2**a for a in range(4, 15))
 PAPER_K = tuple(2**b for b in range(1, 12))
-#: The default grid: n/k from 2 to 8192, small to large n, in under 3 minutes on 2 CPU cores.
-DEFAULT_N = (16, 256, 4096, 16384)
+#: The default grid: n/k from 2 to 8192, every power of two of n up to 4096 (the small n are
+#: cheap) and 16384, in about a minute on 2 idle CPU cores.
+DEFAULT_N = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 16384)
 DEFAULT_K = (2, 8, 64, 512)
 
 
@@ -76,10 +77,10 @@ def run_cell(
             fn = METHODS[name][1]
             if warm and b == 0:
                 fn(E, v, k)
-            runtime.synchronize()
+            runtime.synchronize(truth)
             start = time.perf_counter()
             result = fn(E, v, k)
-            runtime.synchronize()
+            runtime.synchronize(result)
             seconds = time.perf_counter() - start
             out.append(Measurement(n, k, b, name, runtime.to_float(shtopk.nccs(truth, result.values)), seconds))
     return out
@@ -118,12 +119,26 @@ def _bar(fraction: float, label: str, elapsed: float) -> None:
     sys.stderr.flush()
 
 
-def summarize(measurements: list[Measurement]) -> dict[tuple[int, int, str], tuple[float, float]]:
-    """(n, k, method) -> (mean nCCS, median seconds per batch)."""
+class CellSummary(NamedTuple):
+    """One method on one cell, over its batches: the centre and the spread of each metric."""
+
+    nccs: float  # mean
+    seconds: float  # median
+    nccs_min: float
+    nccs_max: float
+    seconds_min: float
+    seconds_max: float
+
+
+def summarize(measurements: list[Measurement]) -> dict[tuple[int, int, str], CellSummary]:
+    """(n, k, method) -> mean nCCS, median seconds per batch, and the min and max over batches of both."""
     groups: dict[tuple[int, int, str], list[Measurement]] = {}
     for m in measurements:
         groups.setdefault((m.n, m.k, m.method), []).append(m)
-    return {
-        key: (statistics.fmean(m.nccs for m in ms), statistics.median(m.seconds for m in ms))
-        for key, ms in groups.items()
-    }
+    out = {}
+    for key, ms in groups.items():
+        nccs, seconds = [m.nccs for m in ms], [m.seconds for m in ms]
+        out[key] = CellSummary(
+            statistics.fmean(nccs), statistics.median(seconds), min(nccs), max(nccs), min(seconds), max(seconds)
+        )
+    return out

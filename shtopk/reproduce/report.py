@@ -14,26 +14,73 @@ from .published import PUBLISHED
 
 TOLERANCE = 0.02  # |nCCS - published| allowed per cell for the authors' weighting
 
-Summary = dict[tuple[int, int, str], tuple[float, float]]
+#: (n, k, method) -> (nCCS, seconds, ...): a CellSummary of evaluate.summarize, or any tuple that starts so.
+Summary = dict[tuple[int, int, str], tuple[float, ...]]
 
 
 def cells_of(summary: Summary) -> list[tuple[int, int]]:
     return sorted({(n, k) for n, k, _ in summary})
 
 
+#: Short column names of the methods in the table (the table fits 100 columns).
+SHORT = {"sh-default": "sh-def", "sh-authors": "sh-auth", "iterative": "iter", "hard": "hard"}
+#: The methods whose published nCCS the table shows.
+PUBLISHED_COLUMNS = ("sh-authors", "iterative")
+#: A cell whose slowest batch took this many times its median is reported as noisy.
+NOISY = 3.0
+
+
 def table(summary: Summary, methods: list[str]) -> str:
-    """One line per cell: nCCS and ms per batch of every method, and the published nCCS."""
-    head = f"{'n':>6} {'k':>5} " + " ".join(f"{m + ' nCCS':>17} {'ms':>8}" for m in methods)
-    head += f" {'published SH':>12} {'published it.':>13}"
-    lines = [head]
+    """One line per cell: every method's nCCS, its ms per batch, and the published nCCS; then noisy timings.
+
+    At most 100 characters wide for the four methods. Summary values are
+    ``(nCCS, seconds, ...)``; with the min and max over batches (from
+    :func:`~shtopk.reproduce.evaluate.summarize`) the table also names the
+    cells whose timings spread widely.
+    """
+    w = 8  # one column: a space and 7 characters
+    names = "".join(f"{SHORT.get(m, m)[:7]:>{w}}" for m in methods)
+    published = "".join(f"{SHORT[m]:>{w}}" for m in PUBLISHED_COLUMNS)
+    lines = [
+        "nCCS: mean over batches, vs the exact top-k; ms: median per batch; published: the authors' nCCS",
+        ", ".join(f"{SHORT.get(m, m)[:7]} = {m}" for m in methods if SHORT.get(m, m) != m),
+        f"{'':11} {' nCCS ':-^{w * len(methods) - 1}} {' ms/batch ':-^{w * len(methods) - 1}}"
+        f" {' published nCCS ':-^{w * len(PUBLISHED_COLUMNS) - 1}}",
+        f"{'n':>6}{'k':>5}{names}{names}{published}",
+    ]
     for n, k in cells_of(summary):
-        row = f"{n:>6} {k:>5} "
-        for m in methods:
-            nccs, seconds = summary.get((n, k, m), (math.nan, math.nan))
-            row += f" {nccs:>17.4f} {seconds * 1e3:>8.2f}"
-        row += f" {_published('sh-authors', 'nccs', n, k):>12.4f} {_published('iterative', 'nccs', n, k):>13.4f}"
+        cell = [summary.get((n, k, m), (math.nan, math.nan)) for m in methods]
+        row = f"{n:>6}{k:>5}"
+        row += "".join(f"{c[0]:>{w}.4f}" for c in cell)
+        row += "".join(f"{_ms(c[1]):>{w}}" for c in cell)
+        row += "".join(f"{_published(m, 'nccs', n, k):>{w}.4f}" for m in PUBLISHED_COLUMNS)
         lines.append(row)
+    lines += _noisy_timings(summary)
     return "\n".join(lines)
+
+
+def _ms(seconds: float) -> str:
+    ms = seconds * 1e3
+    return f"{ms:.2f}" if ms < 1000 or math.isnan(ms) else f"{ms:.0f}"
+
+
+def _noisy_timings(summary: Summary) -> list[str]:
+    """Cells whose slowest batch took ``NOISY`` times the median or more (the median is what the table shows)."""
+    noisy = sorted(
+        ((s[5] / s[1], n, k, m, s) for (n, k, m), s in summary.items() if len(s) >= 6 and s[1] > 0),
+        reverse=True,
+    )
+    noisy = [x for x in noisy if x[0] >= NOISY]
+    if not noisy:
+        return []
+    lines = [f"noisy timings (slowest batch >= {NOISY:g}x the median) in {len(noisy)} of {len(summary)} cells:"]
+    for ratio, n, k, m, s in noisy[:5]:
+        lines.append(
+            f"  n={n} k={k} {m}: median {_ms(s[1])} ms, min {_ms(s[4])}, max {_ms(s[5])} ({ratio:.0f}x the median)"
+        )
+    if len(noisy) > 5:
+        lines.append(f"  ... and {len(noisy) - 5} more (every batch is in measurements.csv)")
+    return lines
 
 
 def _published(method: str, metric: str, n: int, k: int) -> float:
@@ -89,8 +136,17 @@ def write_json(path: Path, environment: dict[str, Any]) -> None:
     path.write_text(json.dumps(environment, indent=2, sort_keys=True) + "\n")
 
 
+#: The device of the authors' published times (the paper: "on the NVIDIA A100 GPU").
+PUBLISHED_DEVICE = "NVIDIA A100"
+
+
 def figures(summary: Summary, out: Path, methods: list[str], device: str) -> list[Path]:
-    """Figure 1 (seconds per batch vs n) and Figure 2 (nCCS vs n), one panel per k."""
+    """Figure 1 (seconds per batch vs n) and Figure 2 (nCCS vs n), one panel per k.
+
+    Every curve is labelled with the device it was measured on: ours (solid,
+    with the min-max over batches shaded) on ``device``, the authors'
+    published means (dashed) on an NVIDIA A100.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,15 +161,20 @@ def figures(summary: Summary, out: Path, methods: list[str], device: str) -> lis
         ("seconds", 1, "figure1_time.png", "seconds per batch of 16", True),
         ("nccs", 0, "figure2_nccs.png", "nCCS vs exact top-k", False),
     ):
-        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows + 0.6), squeeze=False, sharey=not logy)
+        lo, hi = (4, 5) if metric == "seconds" else (2, 3)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows + 1.0), squeeze=False, sharey=not logy)
         for ax, k in zip(axes.flat, ks, strict=False):
             ns = [n for n, kk in cells if kk == k]
             for i, m in enumerate(methods):
-                ax.plot(ns, [summary[(n, k, m)][index] for n in ns], "o-", ms=3, color=f"C{i}", label=m)
+                stats = [summary[(n, k, m)] for n in ns]
+                ax.plot(ns, [s[index] for s in stats], "o-", ms=3, color=f"C{i}", label=f"{m}: ours, {device}")
+                if all(len(s) > hi for s in stats):
+                    ax.fill_between(ns, [s[lo] for s in stats], [s[hi] for s in stats], color=f"C{i}", alpha=0.2, lw=0)
                 published = PUBLISHED.get(m, {}).get(metric)
                 if published:
                     pn = [n for n in sorted({n for n, kk in published if kk == k}) if n > k]
-                    ax.plot(pn, [published[(n, k)] for n in pn], "--", color=f"C{i}", lw=1, label=f"{m} (published)")
+                    label = f"{m}: published, {PUBLISHED_DEVICE}"
+                    ax.plot(pn, [published[(n, k)] for n in pn], "s--", ms=2, color=f"C{i}", lw=1, label=label)
             ax.set_xscale("log", base=2)
             if logy:
                 ax.set_yscale("log")
@@ -125,10 +186,16 @@ def figures(summary: Summary, out: Path, methods: list[str], device: str) -> lis
         for ax in axes[:, 0]:
             ax.set_ylabel(ylabel, fontsize=8)
         handles, labels = axes.flat[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
+        fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
+        what = "median" if metric == "seconds" else "mean"
         title = "Figure 1: time" if metric == "seconds" else "Figure 2: approximation quality"
-        fig.suptitle(f"{title} (ours on {device}; dashed: the authors' published means, A100)", fontsize=9)
-        fig.tight_layout(rect=(0, 0.08 + 0.02 * len(methods) / 3, 1, 0.95))
+        fig.suptitle(
+            f"{title}. Solid: ours on {device} ({what}; shaded: min-max over batches). "
+            f"Dashed: the authors' published means on an {PUBLISHED_DEVICE}.",
+            fontsize=8,
+        )
+        legend_rows = math.ceil(len(labels) / 2)
+        fig.tight_layout(rect=(0, (0.035 * legend_rows + 0.01) * 4 / (3.2 * rows + 1.0), 1, 0.95))
         path = out / fname
         fig.savefig(path, dpi=110)
         plt.close(fig)

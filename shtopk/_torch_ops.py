@@ -1,0 +1,326 @@
+"""The operators as real PyTorch custom ops (``torch.library.custom_op``).
+
+``shtopk::topk`` runs any of the three operators forward; ``shtopk::topk_backward``
+is its manual, memory-lean VJP. Both call the array-API operators of
+:mod:`shtopk._operators`, hence the passes over E through the kernels dispatch
+point :mod:`shtopk._kernels` (whichever engine serves the tensors: NumPy-free
+neutral core, Numba, Triton, ...). Registered with torch, they give:
+
+- ``torch.compile(fullgraph=True)``: Dynamo sees one opaque op with a fake
+  (shape-only) implementation, so no host check of the kernels (``.item()``,
+  the fast paths of :mod:`shtopk._fast`) is ever traced, and symbolic batch
+  sizes need no recompilation;
+- autograd through :class:`TopKFunction`, an ``autograd.Function`` with
+  ``setup_context``, hence ``torch.func.grad``, ``vjp`` and ``jacrev``;
+- ``torch.vmap`` through ``register_vmap`` rules that fold the vmapped
+  dimension into the operator's own leading batch dimensions.
+
+The backward keeps E, v, the mask and, for successive halving, the forward's
+record of the scores-only tournament (O(n) numbers per row, returned by the
+forward op as extra, non-differentiable outputs); no copy of E is ever made.
+Without a record (the baseline, hard top-k, or a forward run without grad)
+the selection is recomputed from v inside the backward op. Higher-order
+gradients are not implemented: differentiating the backward raises a
+``RuntimeError`` (never silent zeros). Forward-mode AD (``jvp``, ``jacfwd``)
+is not implemented either, and torch says so (a custom ``jvp`` method would
+stop Dynamo from tracing the function).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._core.hard import hard_selection
+from ._core.plan import Round, Selection, n_rounds
+from ._kernels import host_inputs
+from ._kernels.cpu import numpy_view
+from ._operators import HardTopK, IterativeSoftmax, SuccessiveHalving
+from ._validation import check_inputs
+
+#: The ``method`` argument of the ops, per operator class.
+METHODS = {SuccessiveHalving: "successive_halving", HardTopK: "hard", IterativeSoftmax: "iterative"}
+
+
+def op_arguments(op: Any) -> tuple[str, float, str, str, float]:
+    """``(method, boost, weighting, order, alpha)`` of an operator, as the ops take them."""
+    return (
+        METHODS[type(op)],
+        float(getattr(op, "boost", 1.0)),
+        getattr(op, "weighting", "softmax"),
+        getattr(op, "order", "score"),
+        float(getattr(op, "alpha", 1.0)),
+    )
+
+
+def _operator(method: str, boost: float, weighting: str, order: str, alpha: float) -> Any:
+    if method == "successive_halving":
+        return SuccessiveHalving(boost, weighting, order)
+    if method == "hard":
+        return HardTopK(order)
+    if method == "iterative":
+        return IterativeSoftmax(alpha)
+    raise ValueError(f"unknown method {method!r}")
+
+
+def _flat(E: Tensor, v: Tensor, mask: Tensor | None, k: int) -> tuple[Any, bool]:
+    """The flattened, validated inputs, and whether they are NumPy views of the tensors.
+
+    CPU tensors that the compiled CPU engine serves (:func:`shtopk._kernels.host_inputs`)
+    run the whole operator on NumPy views (no copy) around its kernels; the results
+    come back through ``torch.from_numpy`` (no copy either).
+    """
+    from ._api import flatten_inputs  # imported late: _api imports this module's users
+
+    inp = check_inputs(E, v, k, mask)
+    host = host_inputs(inp)
+    return flatten_inputs(host or inp), host is not None
+
+
+def _to_torch(x: Any) -> Tensor:
+    """A result of the operator as a tensor (NumPy arrays of the host path: sharing memory)."""
+    return x if isinstance(x, Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+
+
+@torch.library.custom_op("shtopk::topk", mutates_args=())
+def topk(
+    E: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    k: int,
+    method: str,
+    boost: float,
+    weighting: str,
+    order: str,
+    alpha: float,
+    record: bool,
+) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """``(values (..., k, d), scores (..., k), saved)`` of the operator ``method``.
+
+    With ``record`` (successive halving only), ``saved`` holds what the backward needs
+    (:func:`pack_selection`: O(n) numbers per batch row, never a copy of E); else it is empty.
+    """
+    flat, _ = _flat(E, v, mask, k)
+    op = _operator(method, boost, weighting, order, alpha)
+    record = record and method == "successive_halving"
+    values, scores, sel = op.forward(flat, record=record)
+    saved = pack_selection(sel) if record else []
+    return _to_torch(flat.unflatten_values(values)), _to_torch(flat.unflatten_scores(scores)), saved
+
+
+@topk.register_fake
+def _topk_fake(E, v, mask, k, method, boost, weighting, order, alpha, record):
+    batch = v.shape[:-1]
+    values, scores = E.new_empty((*batch, k, E.shape[-1])), v.new_empty((*batch, k))
+    if not (record and method == "successive_halving"):
+        return values, scores, []
+    B, n = math.prod(batch), v.shape[-1]
+    cdt = torch.float64 if v.dtype == torch.float64 else torch.float32
+    saved = []
+    for shape, dtype in selection_layout(B, n, k):
+        saved.append(v.new_empty(shape, dtype={"index": torch.int64, "bool": torch.bool, "float": cdt}[dtype]))
+    return values, scores, saved
+
+
+def selection_layout(B: Any, n: int, k: int) -> list[tuple[tuple[Any, ...], str]]:
+    """Shapes and kinds (``"index"``, ``"float"``, ``"bool"``) of :func:`pack_selection`'s tensors."""
+    R = n_rounds(n, k)
+    m = k << R
+    layout = []
+    for r in range(R):
+        M = m >> r
+        layout += [((B, M), "index"), ((B, M), "float")]  # order, sorted_weights
+        layout += [((B, M // 2), "float")] * 6 + [((B, M // 2), "bool")]  # w_hi .. t, lo_valid
+    return [*layout, ((B, n), "index"), ((B, n), "float"), ((B, k), "index")]
+
+
+_ROUND_FIELDS = ("order", "sorted_weights", "w_hi", "w_lo", "s_hi", "s_lo", "gap", "t", "lo_valid")
+
+
+def pack_selection(sel: Selection) -> list[Tensor]:
+    """The tensors of a recorded selection that its backward reads, in :func:`selection_layout` order.
+
+    Views are copied (a custom op's outputs may not alias one another), and every
+    tensor is contiguous.
+    """
+    out = [getattr(rd, f) for rd in sel.rounds for f in _ROUND_FIELDS]
+    out += [sel.slot_of_row, sel.weight_of_row, sel.inv_perm]
+    seen: set[int] = set()
+    packed = []
+    for x in out:
+        if isinstance(x, np.ndarray):  # the host path's record: a tensor of its own memory
+            own = x.base is None and x.flags.c_contiguous and id(x) not in seen
+            seen.add(id(x))
+            x = torch.from_numpy(x if own else x.copy())
+        if x._base is not None or id(x) in seen:
+            x = x.clone(memory_format=torch.contiguous_format)
+        x = x.contiguous()  # the fake implementation promises contiguous tensors
+        seen.add(id(x))
+        packed.append(x)
+    return packed
+
+
+def unpack_selection(saved: list[Tensor]) -> Selection:
+    """The inverse of :func:`pack_selection` (the fields the backward reads)."""
+    per = len(_ROUND_FIELDS)
+    R = (len(saved) - 3) // per
+    rounds = [Round(**dict(zip(_ROUND_FIELDS, saved[r * per : (r + 1) * per], strict=True))) for r in range(R)]
+    slot_of_row, weight_of_row, inv_perm = saved[R * per :]
+    return Selection(None, None, None, slot_of_row, weight_of_row, rounds, inv_perm)
+
+
+@torch.library.custom_op("shtopk::topk_backward", mutates_args=())
+def topk_backward(
+    E: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    d_values: Tensor,
+    d_scores: Tensor,
+    saved: list[Tensor],
+    k: int,
+    method: str,
+    boost: float,
+    weighting: str,
+    order: str,
+    alpha: float,
+    need_dE: bool,
+    need_dv: bool,
+) -> tuple[Tensor, Tensor]:
+    """``(dE, dv)``; an input whose gradient is not needed gets an empty tensor.
+
+    ``saved`` is the forward's record (successive halving), or empty: then the
+    selection is recomputed from the scores (E is not read for it).
+    """
+    flat, host = _flat(E, v, mask, k)
+    if host:  # NumPy views of the record and of the cotangents, as of E and v
+        saved = [numpy_view(x) for x in saved]
+        d_values, d_scores = numpy_view(d_values.to(E.dtype)), numpy_view(d_scores)
+    op = _operator(method, boost, weighting, order, alpha)
+    if method == "successive_halving":
+        sel = unpack_selection(saved) if saved else op.plan(flat, record=True)
+    elif method == "hard":
+        sel = hard_selection(flat.xp, flat.s, flat.valid, flat.poison, k, order=order, record=True)
+    else:
+        sel = op.forward(flat, record=True)[2]  # the baseline's state comes with its forward
+    B, d = flat.B, flat.d
+    d_values = d_values.reshape(B, k, d)
+    dE, dv = op.backward(
+        flat,
+        sel,
+        d_values if host else d_values.to(E.dtype),
+        d_scores.reshape(B, k),
+        need_dE=need_dE,
+        need_dv=need_dv,
+    )
+    dE = _to_torch(dE.reshape(E.shape)) if need_dE else E.new_empty(0)
+    dv = _to_torch(dv.reshape(v.shape)) if need_dv else v.new_empty(0)
+    return dE, dv
+
+
+@topk_backward.register_fake
+def _topk_backward_fake(E, v, mask, d_values, d_scores, saved, *settings):
+    need_dE, need_dv = settings[-2], settings[-1]
+    return (E.new_empty(E.shape) if need_dE else E.new_empty(0)), (v.new_empty(v.shape) if need_dv else v.new_empty(0))
+
+
+HIGHER_ORDER_ERROR = (
+    "shtopk: higher-order gradients (double backward, hessian, grad of grad) are not implemented; "
+    "the first-order gradient is exact, but it cannot be differentiated again"
+)
+
+
+class TopKFunction(torch.autograd.Function):
+    """Autograd of ``shtopk::topk``: backward through ``shtopk::topk_backward``.
+
+    An ``autograd.Function`` with ``setup_context`` (rather than the op's
+    ``register_autograd``, whose generated wrapper torch 2.13's ``torch.func``
+    rejects, pytorch/pytorch#168393) so that ``torch.func.grad``/``vjp``/``jacrev``
+    work; ``generate_vmap_rule`` lets ``torch.vmap`` reach the ops' vmap rules.
+    It saves E, v, the mask and the forward's record of the tournament (O(n)
+    numbers per batch row, marked non-differentiable).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(E: Tensor, v: Tensor, mask: Tensor | None, *settings: Any) -> tuple[Tensor, ...]:
+        values, scores, saved = topk(E, v, mask, *settings)
+        return (values, scores, *saved)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        E, v, mask, *settings = inputs
+        saved = output[2:]
+        ctx.mark_non_differentiable(*saved)
+        ctx.save_for_backward(E, v, mask, *saved)
+        ctx.settings = tuple(settings[:-1])  # without ``record``
+
+    @staticmethod
+    def backward(ctx: Any, d_values: Tensor, d_scores: Tensor, *_: Any) -> tuple[Any, ...]:
+        E, v, mask, *saved = ctx.saved_tensors
+        need_dE, need_dv = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
+        args = (E, v, mask, d_values, d_scores, saved, *ctx.settings, need_dE, need_dv)
+        # grad mode is on only when the gradient itself may be differentiated (create_graph=True,
+        # torch.func): then through a function whose derivative raises; otherwise the bare op
+        # (what torch.compile traces: Dynamo cannot nest an autograd.Function in a backward)
+        dE, dv = TopKBackwardFunction.apply(*args) if torch.is_grad_enabled() else topk_backward(*args)
+        return (dE if need_dE else None, dv if need_dv else None) + (None,) * (2 + len(ctx.settings))
+
+
+class TopKBackwardFunction(torch.autograd.Function):
+    """``shtopk::topk_backward`` as a function whose own derivative is a clear error."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(*args: Any) -> tuple[Tensor, Tensor]:
+        return topk_backward(*args)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        return None
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Any) -> Any:
+        raise RuntimeError(HIGHER_ORDER_ERROR)
+
+    @staticmethod
+    def jvp(ctx: Any, *tangents: Any) -> Any:
+        raise RuntimeError(HIGHER_ORDER_ERROR)
+
+
+def _with_batch_dim(x: Tensor | None, dim: int | None, size: int) -> Tensor | None:
+    """``x`` with the vmapped dimension first (expanded, without a copy, if ``x`` is not batched)."""
+    if x is None:
+        return None
+    if dim is None:
+        return x.expand(size, *x.shape)
+    return x.movedim(dim, 0)
+
+
+@topk.register_vmap
+def _topk_vmap(info, in_dims, E, v, mask, *settings):
+    # the operator already takes any leading batch dimensions: the vmapped one becomes the first
+    size = info.batch_size
+    args = [_with_batch_dim(x, dim, size) for x, dim in zip((E, v, mask), in_dims[:3], strict=True)]
+    values, scores, saved = topk(*args, *settings)
+    # the record's (B, ...) rows are (vmapped, rest) flattened: unflatten the vmapped dimension
+    saved = [x.reshape(size, x.shape[0] // size, *x.shape[1:]) for x in saved]
+    return (values, scores, saved), (0, 0, [0] * len(saved))
+
+
+@topk_backward.register_vmap
+def _topk_backward_vmap(info, in_dims, E, v, mask, d_values, d_scores, saved, *settings):
+    size = info.batch_size
+    tensors = (E, v, mask, d_values, d_scores)
+    args = [_with_batch_dim(x, dim, size) for x, dim in zip(tensors, in_dims[:5], strict=True)]
+    saved_dims = in_dims[5] if isinstance(in_dims[5], (list, tuple)) else [in_dims[5]] * len(saved)
+    saved = [_with_batch_dim(x, dim, size) for x, dim in zip(saved, saved_dims, strict=True)]
+    saved = [x.reshape(size * x.shape[1], *x.shape[2:]) for x in saved]  # (vmapped, rest) -> rows
+    dE, dv = topk_backward(*args, saved, *settings)
+    need_dE, need_dv = settings[-2], settings[-1]
+    return (dE, dv), (0 if need_dE else None, 0 if need_dv else None)

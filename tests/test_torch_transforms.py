@@ -1,0 +1,176 @@
+"""torch as torch users expect it (issue 7): a registered custom op that works under
+torch.compile(fullgraph=True) with dynamic batch sizes, torch.func and torch.vmap, and
+that refuses higher-order gradients loudly instead of returning zeros."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import numpy as np
+import pytest
+
+import shtopk
+
+torch = pytest.importorskip("torch")
+from shtopk.torch import SuccessiveHalvingTopK  # noqa: E402
+
+OPERATORS = {
+    "sh": lambda E, v, k: shtopk.successive_halving_topk(E, v, k, boost=3.0),
+    "sh-power": lambda E, v, k: shtopk.successive_halving_topk(E, v, k, boost=2.0, weighting="power", order="input"),
+    "hard": lambda E, v, k: shtopk.hard_topk(E, v, k),
+    "iterative": lambda E, v, k: shtopk.iterative_softmax_topk(E, v, k, alpha=2.0),
+}
+
+
+def data(rng, *shape, d=4):
+    E = torch.from_numpy(rng.normal(size=(*shape, d)))
+    v = torch.from_numpy(rng.normal(size=shape))
+    return E, v
+
+
+def manual_vjp(name, E, v, k, d_values, d_scores=None):
+    """(dE, dv) from the library's own pullbacks on NumPy, the reference for torch."""
+    fns = {"sh": shtopk.vjp.successive_halving_topk, "hard": shtopk.vjp.hard_topk}
+    fns["iterative"] = shtopk.vjp.iterative_softmax_topk
+    kw = {"sh": {"boost": 3.0}, "hard": {}, "iterative": {"alpha": 2.0}}[name]
+    _, pullback = fns[name](E.numpy(), v.numpy(), k, **kw)
+    return pullback(d_values.numpy(), None if d_scores is None else d_scores.numpy())
+
+
+@pytest.mark.parametrize("name", ["sh", "hard", "iterative"])
+def test_func_grad_vjp_and_jacrev_match_the_manual_vjp(rng, name):
+    E, v = data(rng, 12)
+    k = 3
+    fn = OPERATORS[name]
+    g = torch.func.grad(lambda v_: fn(E, v_, k).values.sum())(v)
+    dE_want, dv_want = manual_vjp(name, E, v, k, torch.ones(k, 4))
+    np.testing.assert_allclose(g.numpy(), dv_want, rtol=1e-12, atol=1e-12)
+    out, pullback = torch.func.vjp(lambda E_, v_: fn(E_, v_, k).values, E, v)
+    d = torch.from_numpy(rng.normal(size=tuple(out.shape)))
+    dE, dv = pullback(d)
+    dE_want, dv_want = manual_vjp(name, E, v, k, d)
+    np.testing.assert_allclose(dE.numpy(), dE_want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dv.numpy(), dv_want, rtol=1e-12, atol=1e-12)
+    J = torch.func.jacrev(lambda v_: fn(E, v_, k).scores)(v)
+    for j in range(k):
+        e = torch.zeros(k, dtype=v.dtype)
+        e[j] = 1.0
+        _, dv_j = manual_vjp(name, E, v, k, torch.zeros(k, 4, dtype=v.dtype), e)
+        np.testing.assert_allclose(J[j].numpy(), dv_j, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", list(OPERATORS))
+def test_vmap_equals_the_batched_call(rng, name):
+    E, v = data(rng, 5, 12)
+    fn = OPERATORS[name]
+    want = fn(E, v, 3)
+    got = torch.vmap(lambda E_, v_: fn(E_, v_, 3))(E, v)
+    torch.testing.assert_close(got.values, want.values, rtol=0, atol=0)
+    torch.testing.assert_close(got.scores, want.scores, rtol=0, atol=0)
+    # an unbatched E with batched scores; and vmap over a non-leading dimension
+    got = torch.vmap(lambda v_: fn(E[0], v_, 3).values)(v)
+    torch.testing.assert_close(got, fn(E[0].expand(5, 12, 4), v, 3).values, rtol=0, atol=0)
+    got = torch.vmap(lambda E_, v_: fn(E_, v_, 3).values, in_dims=(1, 1))(E.transpose(0, 1), v.transpose(0, 1))
+    torch.testing.assert_close(got, want.values, rtol=0, atol=0)
+
+
+def test_vmap_of_grad_gives_per_example_gradients(rng):
+    E, v = data(rng, 4, 10)
+    fn = OPERATORS["sh"]
+    per_example = torch.vmap(torch.func.grad(lambda E_, v_: fn(E_, v_, 2).values.sum(), argnums=1))(E, v)
+    for b in range(4):
+        _, dv = manual_vjp("sh", E[b], v[b], 2, torch.ones(2, 4, dtype=v.dtype))
+        np.testing.assert_allclose(per_example[b].numpy(), dv, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["sh", "iterative"])
+def test_higher_order_gradients_raise_every_time(rng, name):
+    E, v = data(rng, 8)
+    fn = OPERATORS[name]
+    E.requires_grad_(True)
+    v.requires_grad_(True)
+    message = r"higher-order gradients .* are not implemented"
+    with pytest.raises(RuntimeError, match=message):
+        torch.autograd.functional.hessian(lambda v_: fn(E, v_, 2).values.sum(), v)
+    (g,) = torch.autograd.grad(fn(E, v, 2).values.square().sum(), v, create_graph=True)
+    assert g.requires_grad  # not a silently detached gradient
+    with pytest.raises(RuntimeError, match=message):
+        g.sum().backward()
+    with pytest.raises(RuntimeError, match=r"implement the jvp function .* forward mode AD"):
+        torch.func.hessian(lambda v_: fn(E, v_, 2).values.square().sum())(v.detach())
+    with pytest.raises(RuntimeError, match=message):
+        torch.func.jacrev(torch.func.jacrev(lambda v_: fn(E, v_, 2).values.square().sum()))(v.detach())
+    with pytest.raises(RuntimeError, match=message):
+        torch.func.grad(lambda v_: torch.func.grad(lambda w: fn(E, w, 2).values.square().sum())(v_).sum())(v.detach())
+    # first-order gradients are unaffected
+    fn(E, v, 2).values.sum().backward()
+    assert torch.isfinite(v.grad).all()
+
+
+def test_compiled_training_step_fullgraph_without_recompiling_per_batch_size():
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1).double()
+    pool = SuccessiveHalvingTopK(3, boost=5.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def loss_fn(E, mask):
+        return pool(E, model(E).squeeze(-1), mask).values.square().mean()
+
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(loss_fn, backend=counter, fullgraph=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # e.g. Dynamo tracing into cached helpers
+        for B in (2, 3, 4, 5, 7, 9):
+            E = torch.randn(B, 16, 4, dtype=torch.float64)
+            mask = torch.rand(B, 16) < 0.9
+            loss = compiled(E, mask)
+            opt.zero_grad()
+            loss.backward()
+            grads = [p.grad.clone() for p in model.parameters()]
+            opt.zero_grad()
+            loss_fn(E, mask).backward()
+            for got, want in zip(grads, [p.grad for p in model.parameters()], strict=True):
+                torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+            opt.step()
+    # one static compile, one dynamic recompile at the second batch size, then none
+    assert counter.frame_count == 2
+
+
+def test_the_custom_op_passes_torch_opcheck(rng):
+    E, v = data(rng, 2, 9)
+    mask = torch.from_numpy(rng.random((2, 9)) < 0.8)
+    cases = [
+        ((E, v, None), "successive_halving"),
+        ((E.float(), v.float(), mask), "successive_halving"),
+        ((E, v, mask), "hard"),
+        ((E.float(), v, None), "iterative"),
+    ]
+    for (args, method), record in itertools.product(cases, (False, True)):
+        torch.library.opcheck(
+            torch.ops.shtopk.topk.default,
+            (*args, 3, method, 3.0, "softmax", "score", 1.0, record),
+            test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static", "test_aot_dispatch_dynamic"),
+        )
+
+
+def test_the_torch_page_examples_run(monkeypatch):
+    """docs/torch.md runs as written (its DDP example only defines its worker: not __main__);
+    torch.compile with the aot_eager backend: the same graph capture without a C++ compiler."""
+    import functools
+    import re
+    from pathlib import Path
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    page = Path(__file__).resolve().parents[1] / "docs" / "torch.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    assert len(blocks) == 4
+    namespace: dict = {"__name__": "torch_page"}
+    torch._dynamo.reset()
+    for block in blocks:
+        exec(compile(block, str(page), "exec"), namespace)  # our own documentation
+    assert namespace["per_example"].shape == (5, 32) and namespace["jacobian"].shape == (4, 32)
+    assert callable(namespace["train"])
