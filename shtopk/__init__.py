@@ -8,6 +8,7 @@ on NumPy, CuPy, PyTorch, JAX or any Python Array API library.
 from . import vjp
 from ._api import (
     DEFAULT_BOOST,
+    DEFAULT_POWER_BASE,
     apply,
     hard_topk,
     iterative_softmax_topk,
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_BOOST",
+    "DEFAULT_POWER_BASE",
     "Plan",
     "PlanTarget",
     "TopK",

@@ -28,20 +28,32 @@ from ._validation import (
 )
 
 #: Default ``boost`` of ``weighting="softmax"``: the constant C in
-#: ``softmax(C * s_i, C * s_j)``, for scores of order 1. Measured on the
-#: paper's setup (docs/scripts/boost_study.py, docs "Choosing boost"): the
-#: smallest boost of a log grid whose nCCS is within 0.02 of the authors'
-#: released weighting (power, base 20) on every cell of the paper's grid. It
-#: beats that weighting on average (mean nCCS 0.855 vs 0.839) with a gradient
-#: reaching v of similar size (RMS 8.7 vs 6.7), concentrated on fewer items
-#: near the selection boundary (11% vs 21% of items get >= 1e-3 of the largest).
-DEFAULT_BOOST = 70.0
+#: ``softmax(C * s_i, C * s_j)``, for scores of order 1 (what a freshly
+#: initialised scorer produces). Chosen by learning first, approximation
+#: second (``python -m shtopk.learn``, docs "Choosing boost"): of the boosts
+#: 0.3, 1, 3, 10 and 70, the one whose largest shortfall from the best top-k
+#: operator tried, over the benchmark's tasks and n/k, is smallest (0.04;
+#: boost 3: 0.53, boost 70: 0.94, where the scorer does not learn); among
+#: boosts within 0.01 of that, the largest. For a close approximation of the
+#: exact top-k on fixed scores, pass a larger boost (70-300).
+DEFAULT_BOOST = 1.0
+
+#: Default ``boost`` of ``weighting="power"``: the base b in
+#: ``softmax(b**s_i, b**s_j)``, the authors' 20 (reproduces their published nCCS).
+DEFAULT_POWER_BASE = 20.0
+
+
+def default_boost(weighting: str) -> float:
+    """The boost that ``boost=None`` means for ``weighting``."""
+    return DEFAULT_POWER_BASE if weighting == "power" else DEFAULT_BOOST
 
 
 def successive_halving_operator(boost: Any, weighting: Any, order: Any) -> SuccessiveHalving:
     """Validate the settings of successive halving and bundle them."""
     weighting = check_choice(weighting, "weighting", WEIGHTINGS)
     order = check_choice(order, "order", ORDERS)
+    if boost is None:
+        boost = default_boost(weighting)
     return SuccessiveHalving(check_boost(boost, weighting), weighting, order)
 
 
@@ -90,7 +102,7 @@ def successive_halving_topk(
     v: ScoresT,
     k: int,
     *,
-    boost: float = DEFAULT_BOOST,
+    boost: float | None = None,
     weighting: str = "softmax",
     mask: Any = None,
     order: str = "score",
@@ -121,8 +133,11 @@ def successive_halving_topk(
         :func:`hard_topk` (reached in the limit when the deciding scores are
         distinct; exactly tied scores share their weight equally at any
         boost) with less gradient reaching ``v``. At most the largest value
-        of the compute dtype (3.4e38 unless v is float64). The default suits
-        scores of order 1; see the docs.
+        of the compute dtype (3.4e38 unless v is float64). None (the
+        default) means :data:`DEFAULT_BOOST` for ``"softmax"`` (chosen so
+        that a scorer with outputs of order 1 learns) and
+        :data:`DEFAULT_POWER_BASE` (20) for ``"power"``; see the docs page
+        "Choosing boost".
     weighting : {"softmax", "power"}, optional
         ``"softmax"`` is the paper's text; ``"power"`` is the authors'
         released code (with ``boost=20`` it reproduces their published nCCS).
@@ -273,7 +288,7 @@ def plan(
     v: ArrayT,
     k: int,
     *,
-    boost: float = DEFAULT_BOOST,
+    boost: float | None = None,
     weighting: str = "softmax",
     mask: Any = None,
     order: str = "score",

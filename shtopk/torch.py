@@ -27,7 +27,7 @@ except ModuleNotFoundError as exc:  # name the extra instead of a bare "No modul
         name="torch",
     ) from exc
 
-from ._api import DEFAULT_BOOST, run_operator, successive_halving_operator
+from ._api import run_operator, successive_halving_operator
 from ._torch_ops import TopKFunction, op_arguments
 from ._types import TopK
 from ._validation import Inputs, check_inputs, check_positive_int
@@ -73,9 +73,7 @@ class SuccessiveHalvingTopK(torch.nn.Module):
     (torch.Size([2, 16, 8]), torch.Size([2, 16]))
     """
 
-    def __init__(
-        self, k: int, *, boost: float = DEFAULT_BOOST, weighting: str = "softmax", order: str = "score"
-    ) -> None:
+    def __init__(self, k: int, *, boost: float | None = None, weighting: str = "softmax", order: str = "score") -> None:
         super().__init__()
         self.k = check_positive_int(k)
         self._op = successive_halving_operator(boost, weighting, order)

@@ -26,7 +26,6 @@ from collections.abc import Callable
 from typing import Any
 
 from ._api import (
-    DEFAULT_BOOST,
     check_operator_fits,
     flatten_inputs,
     hard_operator,
@@ -93,7 +92,7 @@ def successive_halving_topk(
     v: ScoresT,
     k: int,
     *,
-    boost: float = DEFAULT_BOOST,
+    boost: float | None = None,
     weighting: str = "softmax",
     mask: Any = None,
     order: str = "score",

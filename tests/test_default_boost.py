@@ -1,4 +1,4 @@
-"""The default boost follows the documented rule on the committed measurement."""
+"""The defaults follow the documented rules on the committed measurements."""
 
 from __future__ import annotations
 
@@ -6,12 +6,24 @@ import csv
 import importlib.util
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 import shtopk
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
-def test_default_boost_is_what_the_committed_study_selects():
+def test_default_boost_is_what_the_committed_learning_benchmark_selects():
+    report = pytest.importorskip("shtopk.learn.report")
+    rows = report.read_results(DOCS / "_static" / "learn" / "results.csv")
+    settings = report.settings(rows)
+    assert len(settings) >= 4 and {t for t, _, _ in settings} == {"digits", "needles"}
+    assert all(len({r["seed"] for r in rows if (r["task"], r["n"], r["k"]) == s}) >= 3 for s in settings)
+    assert report.default_boost(rows) == shtopk.DEFAULT_BOOST
+
+
+def test_the_nccs_study_covers_the_grid_and_the_default():
     spec = importlib.util.spec_from_file_location("boost_study", DOCS / "scripts" / "boost_study.py")
     study = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study)
@@ -21,4 +33,22 @@ def test_default_boost_is_what_the_committed_study_selects():
             for r in csv.DictReader(f)
         ]
     assert len({(r["n"], r["k"]) for r in rows}) == 85  # the whole paper grid
-    assert study.default_boost(rows) == shtopk.DEFAULT_BOOST
+    assert shtopk.DEFAULT_BOOST in {r["boost"] for r in rows if r["weighting"] == "softmax"}
+    assert study.BOOSTS == sorted({r["boost"] for r in rows if r["weighting"] == "softmax"})
+
+
+def test_boost_none_means_the_weightings_own_default(rng):
+    E, v = rng.normal(size=(2, 12, 3)), rng.normal(size=(2, 12))
+    for weighting, boost in (("softmax", shtopk.DEFAULT_BOOST), ("power", shtopk.DEFAULT_POWER_BASE)):
+        got = shtopk.successive_halving_topk(E, v, 3, weighting=weighting)
+        want = shtopk.successive_halving_topk(E, v, 3, weighting=weighting, boost=boost)
+        np.testing.assert_array_equal(got.values, want.values)
+        plan = shtopk.plan(v, 3, weighting=weighting, boost=None)
+        np.testing.assert_array_equal(plan.weights, shtopk.plan(v, 3, weighting=weighting, boost=boost).weights)
+    assert shtopk.DEFAULT_POWER_BASE == 20.0  # the authors' released base
+
+
+def test_torch_layer_reports_the_resolved_default():
+    torch_mod = pytest.importorskip("shtopk.torch")
+    assert torch_mod.SuccessiveHalvingTopK(2, weighting="power").boost == 20.0
+    assert torch_mod.SuccessiveHalvingTopK(2).boost == shtopk.DEFAULT_BOOST

@@ -8,6 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 QUICKSTART = ROOT / "docs" / "quickstart.md"
+TRAINING = ROOT / "docs" / "training.md"
 
 
 def python_blocks(path: Path) -> list[str]:
@@ -26,7 +27,7 @@ def gpu_for_cupy() -> bool:
 def test_readme_has_the_two_setup_commands():
     bash = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
     assert [b.strip() for b in bash] == [
-        'python -m pip install torch==2.13.0 -e ".[test,reproduce,jax,cpu]" && python -m shtopk.reproduce',
+        'python -m pip install torch==2.13.0 -e ".[test,reproduce,jax,learn,cpu]" && python -m shtopk.reproduce',
         "python -m pytest",
     ]
 
@@ -49,3 +50,8 @@ def test_readme_examples_run():
 def test_quickstart_examples_run():
     namespace = run_blocks(QUICKSTART, 4)
     assert namespace["loss"].requires_grad and namespace["model"][0].score.weight.grad is not None
+
+
+def test_training_example_learns():
+    namespace = run_blocks(TRAINING, 1)
+    assert namespace["recall"] > 0.8  # chance: 4 / 64

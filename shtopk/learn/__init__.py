@@ -1,0 +1,142 @@
+"""The learning benchmark: does a scorer *learn* which items to keep through a top-k operator?
+
+Run ``python -m shtopk.learn`` (the full grid, 168 training runs: 33 minutes
+on 2 CPU cores shared with other busy jobs) or ``python -m shtopk.learn --quick`` (one setting, one seed, a few
+operators; under a minute). It needs PyTorch and the ``learn`` extra
+(scikit-learn for the digits data, matplotlib for the plots).
+
+Every operator trains the same scorer and head, from the same seeds, for the
+same number of Adam steps; the loss sees only the pooled rows. Written to
+``--out``: ``results.csv`` (one row per run), ``curves.csv`` (learning
+curves), ``summary.md`` (mean +- std over seeds per setting) and
+``learning_curves.png``. See the docs page "Training with shtopk".
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["FULL", "QUICK", "Setting", "main", "run"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One task at one (n, k), trained for ``steps`` steps."""
+
+    task: str  # "digits" or "needles"
+    n: int
+    k: int
+    steps: int
+
+    def make(self):
+        from .tasks import Digits, Needles
+
+        return Digits(k=self.k) if self.task == "digits" else Needles(self.n, self.k)
+
+
+FULL = (
+    Setting("digits", 64, 4, 400),
+    Setting("digits", 64, 16, 400),
+    Setting("needles", 64, 4, 600),
+    Setting("needles", 256, 8, 600),
+)
+FULL_SEEDS = (0, 1, 2)
+QUICK = (Setting("needles", 64, 4, 600),)
+QUICK_OPERATORS = ("sh-default", "sh-softmax-70", "straight-through")
+
+
+def _job(args: tuple[Setting, str, int]):
+    import torch
+
+    from .operators import operators
+    from .runner import train
+
+    setting, name, seed = args
+    torch.set_num_threads(1)
+    op = next(o for o in operators() if o.name == name)
+    return train(setting.make(), op, seed, setting.steps)
+
+
+def run(settings, seeds, names=None, jobs: int = 1, log=print) -> list:
+    """Train every operator (or those in ``names``) on every setting and seed."""
+    from .operators import operators
+
+    todo = []
+    for s in settings:
+        for op in operators():
+            if (names is None and op.name == "sh-default") or (names is not None and op.name not in names):
+                continue
+            if (op.name == "oracle" and s.task != "needles") or (op.name == "all-items" and s.task != "digits"):
+                continue
+            todo += [(s, op.name, seed) for seed in seeds]
+    results = []
+    start = time.perf_counter()
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as pool:
+            for i, r in enumerate(pool.map(_job, todo)):
+                results.append(r)
+                log(_line(i, len(todo), r, start))
+    else:
+        for i, job in enumerate(todo):
+            results.append(_job(job))
+            log(_line(i, len(todo), results[-1], start))
+    return results
+
+
+def _line(i: int, total: int, r, start: float) -> str:
+    return (
+        f"[{i + 1}/{total} {time.perf_counter() - start:6.0f} s] {r.task} n={r.n} k={r.k} {r.operator} seed {r.seed}: "
+        f"{r.metric_name} {r.hard:.3f} (as trained {r.soft:.3f}) recall {r.recall:.3f}, {r.ms_per_step:.1f} ms/step"
+    )
+
+
+def _missing_dependency() -> str | None:
+    """Why the benchmark cannot run here (a missing package), or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return 'the learning benchmark needs PyTorch: pip install "shtopk[torch,learn]"'
+    from .tasks import LEARN_EXTRA
+
+    if any(importlib.util.find_spec(m) is None for m in ("sklearn", "matplotlib")):
+        return LEARN_EXTRA
+    return None
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shtopk.learn", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one setting, one seed, three operators (CI)")
+    parser.add_argument("--out", type=Path, default=Path("learn-results"))
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite summary.md and the plot from the CSV files in --out"
+    )
+    args = parser.parse_args(argv)
+    missing = _missing_dependency()
+    if missing:
+        print(f"error: {missing}", file=sys.stderr)
+        return 2
+    from . import report
+
+    if not args.report_only:
+        results = run(QUICK, (0,), QUICK_OPERATORS, jobs=1) if args.quick else run(FULL, FULL_SEEDS, jobs=args.jobs)
+        report.write_csv(results, args.out)
+    rows = report.read_results(args.out / "results.csv")
+    text = report.table(rows)
+    if any(r["operator"].startswith("sh-softmax-") for r in rows):
+        worst = ", ".join(f"{b:g}: {w:.3f}" for b, w in report.shortfalls(rows).items())
+        text += (
+            f"\n\nLargest shortfall from the best top-k operator over the settings, per softmax boost: {worst}."
+            f"\nDefault boost by the rule (learning first, then the largest): {report.default_boost(rows):g}"
+        )
+        (args.out / "boost_table.md").write_text(report.boost_table(rows) + "\n")
+    (args.out / "summary.md").write_text(text + "\n")
+    report.plot_curves(report.read_curves(args.out / "curves.csv"), args.out / "learning_curves.png")
+    print(text)
+    return 0

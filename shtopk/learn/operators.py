@@ -1,0 +1,170 @@
+"""The selection operators compared by the learning benchmark.
+
+Every operator maps items ``E`` (B, n, d) and their scores ``v`` (B, n) to
+pooled rows (B, k', d) that the downstream model sums; gradients must reach
+``v`` for the scorer to learn. The comparators that are not part of shtopk's
+API (straight-through, perturbed top-k, softmax pooling, and two prototypes)
+live here, in the benchmark, on purpose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+import shtopk
+
+Pool = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Operator:
+    """A named comparator: ``pool(E, v, k) -> (B, k', d)`` used for training."""
+
+    name: str
+    family: str
+    pool: Pool
+    note: str = ""
+
+
+def successive_halving(boost: float, weighting: str = "softmax") -> Pool:
+    """shtopk's operator at a fixed ``boost`` and ``weighting``."""
+
+    def pool(E: torch.Tensor, v: torch.Tensor, k: int) -> torch.Tensor:
+        return shtopk.successive_halving_topk(E, v, k, boost=boost, weighting=weighting).values
+
+    return pool
+
+
+def scale_free(boost: float) -> Pool:
+    """Prototype: softmax weighting on scores divided by their row's standard deviation (a constant).
+
+    The pair gap is then measured in units of the row's score spread, so the
+    boost is unitless. Benchmark-side only: it rescales the scores before the
+    library's operator.
+    """
+
+    def pool(E: torch.Tensor, v: torch.Tensor, k: int) -> torch.Tensor:
+        spread = v.detach().std(dim=-1, keepdim=True).clamp_min(1e-6)
+        return shtopk.successive_halving_topk(E, v / spread, k, boost=boost).values
+
+    return pool
+
+
+def sh_straight_through(boost: float) -> Pool:
+    """Prototype: exact top-k forward, successive halving's gradient backward."""
+
+    def pool(E: torch.Tensor, v: torch.Tensor, k: int) -> torch.Tensor:
+        soft = shtopk.successive_halving_topk(E, v, k, boost=boost).values
+        hard = shtopk.hard_topk(E.detach(), v.detach(), k).values
+        return hard + (soft - soft.detach())
+
+    return pool
+
+
+def iterative(alpha: float = 1.0) -> Pool:
+    """The iterative softmax baseline, :func:`shtopk.iterative_softmax_topk`."""
+
+    def pool(E: torch.Tensor, v: torch.Tensor, k: int) -> torch.Tensor:
+        return shtopk.iterative_softmax_topk(E, v, k, alpha=alpha).values
+
+    return pool
+
+
+def straight_through(E: torch.Tensor, v: torch.Tensor, k: int) -> torch.Tensor:
+    """Straight-through hard top-k: the exact rows forward, ``softmax(v)``'s gradient backward.
+
+    Each kept row is multiplied by ``1 + p_i - stop_gradient(p_i)`` with
+    ``p = softmax(v)``: the value is exactly the kept row, the gradient to
+    ``v`` is that of softmax-weighted rows.
+    """
+    idx = torch.topk(v.detach(), k, dim=-1).indices
+    p = torch.softmax(v, dim=-1)
+    gate = (1.0 + p - p.detach()).gather(-1, idx)
+    rows = E.gather(-2, idx[..., None].expand(-1, -1, E.shape[-1]))
+    return rows * gate[..., None]
+
+
+class _PerturbedTopK(torch.autograd.Function):
+    """Perturbed top-k indicators (Berthet et al. 2020; as in Cordonnier et al. 2021).
+
+    Forward: the mean over ``samples`` draws of ``Z ~ N(0, I)`` of the one-hot
+    indicators (k, n) of the top-k of ``v + sigma Z`` (slots by descending
+    perturbed score). Backward: the Monte-Carlo estimate of the Jacobian,
+    ``E[indicator(v + sigma Z) Z^T] / sigma``.
+    """
+
+    @staticmethod
+    def forward(ctx, v: torch.Tensor, k: int, samples: int, sigma: float) -> torch.Tensor:
+        B, n = v.shape
+        noise = torch.randn(B, samples, n, dtype=v.dtype, device=v.device)
+        idx = torch.topk(v[:, None, :] + sigma * noise, k, dim=-1).indices  # (B, M, k)
+        ind = torch.zeros(B, k, n, dtype=v.dtype, device=v.device)
+        ind.scatter_add_(-1, idx.transpose(1, 2), torch.full((B, k, samples), 1.0 / samples, dtype=v.dtype))
+        ctx.save_for_backward(noise, idx)
+        ctx.sigma = sigma
+        return ind
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        noise, idx = ctx.saved_tensors
+        samples = noise.shape[1]
+        # sum over slots of grad[b, j, idx[b, m, j]]: the cotangent of each sample's indicator
+        g = grad[:, None].expand(-1, samples, -1, -1).gather(-1, idx[..., None]).squeeze(-1).sum(-1)  # (B, M)
+        dv = torch.einsum("bm,bmn->bn", g, noise) / (samples * ctx.sigma)
+        return dv, None, None, None
+
+
+def perturbed(sigma: float, samples: int = 64) -> Pool:
+    """Perturbed top-k (Monte-Carlo, ``samples`` draws, noise scale ``sigma``)."""
+
+    def pool(E: torch.Tensor, v: torch.Tensor, k: int) -> torch.Tensor:
+        return _PerturbedTopK.apply(v, k, samples, sigma) @ E
+
+    return pool
+
+
+def softmax_pooling(E: torch.Tensor, v: torch.Tensor, k: int) -> torch.Tensor:
+    """Non-top-k control: one row, ``k * softmax(v) @ E`` (the mass of k kept rows)."""
+    return k * (torch.softmax(v, dim=-1)[..., None, :] @ E)
+
+
+def oracle_placeholder(E: torch.Tensor, v: torch.Tensor, k: int) -> torch.Tensor:
+    """Exact top-k of the scores it is given (the runner gives it the true relevance)."""
+    return shtopk.hard_topk(E, v.detach(), k).values
+
+
+def everything(E: torch.Tensor, v: torch.Tensor, k: int) -> torch.Tensor:
+    """Reference without selection: all n rows (a ceiling, not a top-k)."""
+    return E
+
+
+#: Boosts of the softmax weighting compared (the grid the default is chosen from).
+SOFTMAX_BOOSTS = (0.3, 1.0, 3.0, 10.0, 70.0)
+#: Bases of the authors' power weighting compared (20 is theirs).
+POWER_BASES = (2.0, 20.0)
+
+
+def default_successive_halving(E: torch.Tensor, v: torch.Tensor, k: int) -> torch.Tensor:
+    """shtopk's operator at its default settings."""
+    return shtopk.successive_halving_topk(E, v, k).values
+
+
+def operators() -> list[Operator]:
+    """All comparators, in table order (``sh-default`` is the library default, for the quick mode)."""
+    ops = [Operator("sh-default", "successive halving", default_successive_halving, "library defaults")]
+    ops += [Operator(f"sh-softmax-{b:g}", "successive halving", successive_halving(b)) for b in SOFTMAX_BOOSTS]
+    ops += [Operator(f"sh-power-{b:g}", "successive halving", successive_halving(b, "power")) for b in POWER_BASES]
+    ops += [
+        Operator("sh-scalefree-3", "prototype", scale_free(3.0), "softmax on v / std(v), boost 3"),
+        Operator("sh-st-1", "prototype", sh_straight_through(1.0), "hard forward, SH (boost 1) backward"),
+        Operator("iterative", "baseline", iterative(1.0), "alpha 1"),
+        Operator("straight-through", "baseline", straight_through, "hard forward, softmax backward"),
+        Operator("perturbed-0.5", "baseline", perturbed(0.5), "sigma 0.5, 64 samples"),
+        Operator("softmax-pool", "control", softmax_pooling, "not a top-k"),
+        Operator("oracle", "reference", oracle_placeholder, "true relevance, exact top-k"),
+        Operator("all-items", "reference", everything, "no selection"),
+    ]
+    return ops

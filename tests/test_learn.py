@@ -1,0 +1,115 @@
+"""The learning benchmark (python -m shtopk.learn): its comparators, tasks, rule and quick mode."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("sklearn")
+
+import shtopk  # noqa: E402
+from shtopk.learn import QUICK_OPERATORS, main, report  # noqa: E402
+from shtopk.learn.operators import SOFTMAX_BOOSTS, perturbed, straight_through  # noqa: E402
+from shtopk.learn.tasks import Digits, Needles  # noqa: E402
+
+
+def test_straight_through_is_exact_forward_softmax_backward(rng):
+    E = torch.as_tensor(rng.normal(size=(3, 10, 4)))
+    v = torch.tensor(rng.normal(size=(3, 10)), requires_grad=True)
+    out = straight_through(E, v, 3)
+    hard = shtopk.hard_topk(E, v.detach(), 3).values
+    torch.testing.assert_close(out, hard)
+    cot = torch.as_tensor(rng.normal(size=out.shape))
+    (dv,) = torch.autograd.grad((out * cot).sum(), v)
+    # the same as gating the kept rows by p = softmax(v): d/dv of sum_j p_{idx_j} <E_idx_j, cot_j>
+    idx = torch.topk(v.detach(), 3).indices
+    p = torch.softmax(v, -1).gather(-1, idx)
+    coef = (hard * cot).sum(-1)
+    (want,) = torch.autograd.grad((p * coef).sum(), v)
+    torch.testing.assert_close(dv, want)
+
+
+def test_perturbed_topk_matches_the_smoothed_indicator():
+    # n = 2, k = 1: the indicator of item 0 is P(v0 + s z0 > v1 + s z1) = Phi(gap / (s sqrt 2))
+    torch.manual_seed(0)
+    sigma, gap = 0.5, 0.3
+    v = torch.tensor([[gap, 0.0]], dtype=torch.float64, requires_grad=True)
+    E = torch.eye(2, dtype=torch.float64)[None]
+    out = perturbed(sigma, samples=200_000)(E, v, 1)
+    scale = sigma * math.sqrt(2.0)
+    want = 0.5 * (1.0 + math.erf(gap / scale / math.sqrt(2.0)))
+    assert abs(float(out[0, 0, 0]) - want) < 0.01
+    (dv,) = torch.autograd.grad(out[0, 0, 0], v)
+    density = math.exp(-0.5 * (gap / scale) ** 2) / math.sqrt(2 * math.pi) / scale
+    assert abs(float(dv[0, 0]) - density) < 0.05 * density
+    assert abs(float(dv[0, 1]) + density) < 0.05 * density
+
+
+def test_needles_plants_exactly_k_relevant_tokens_by_the_xor_rule():
+    task = Needles(32, 3, test_size=64)
+    task.load()
+    b = task.test()
+    assert b.x.shape == (64, 32, 8) and b.relevant.sum(-1).eq(3).all()
+    assert torch.equal(b.relevant, (b.x[..., 0] * b.x[..., 1]) > 0)
+    want = (b.x[..., 2:] @ task.data["w"] * b.relevant).sum(-1) / math.sqrt(3)
+    torch.testing.assert_close(b.y, want)
+    # the exact top-k of the true relevance pooled and summed determines the target linearly
+    pooled = shtopk.hard_topk(b.x, b.relevant.double().to(b.x.dtype), 3).values.sum(-2)
+    torch.testing.assert_close(pooled[:, 2:] @ task.data["w"] / math.sqrt(3), b.y)
+
+
+def test_digits_items_pool_to_the_masked_image_and_its_mask():
+    task = Digits(k=5)
+    task.load()
+    x = task.test().x[:4]
+    v = torch.as_tensor(np.random.default_rng(0).normal(size=(4, 64)), dtype=x.dtype)
+    pooled = shtopk.hard_topk(task.items(x), v, 5).values.sum(-2)
+    mask = torch.zeros(4, 64).scatter_(1, torch.topk(v, 5).indices, 1.0)
+    torch.testing.assert_close(pooled, torch.cat([x * mask, mask], -1))
+
+
+def _rows(spec):
+    """results.csv-like rows from {(setting, operator): [metric per seed]}."""
+    return [
+        dict(task="t", n=n, k=1, operator=op, seed=i, steps=1, metric_name="m", hard=x, soft=x, recall=x, ms_per_step=1)
+        for (n, op), xs in spec.items()
+        for i, x in enumerate(xs)
+    ]
+
+
+def test_default_rule_is_the_most_reliable_boost_then_the_largest():
+    spec = {}
+    for n in (1, 2):
+        for b in SOFTMAX_BOOSTS:
+            spec[(n, f"sh-softmax-{b:g}")] = [0.1, 0.1, 0.1]
+        spec[(n, "iterative")] = [0.6, 0.7, 0.8]
+        spec[(n, "oracle")] = [1.0, 1.0, 1.0]  # a reference: never "the best operator tried"
+    spec[(1, "sh-softmax-1")] = spec[(2, "sh-softmax-1")] = [0.6, 0.6, 0.6]  # shortfall 0.1 on both
+    spec[(1, "sh-softmax-3")] = [0.7, 0.7, 0.7]
+    spec[(2, "sh-softmax-3")] = [0.1, 0.7, 0.7]  # fails on a seed: shortfall 0.2
+    assert report.shortfalls(_rows(spec))[1.0] == pytest.approx(0.1)
+    assert report.default_boost(_rows(spec)) == 1.0
+    spec[(2, "sh-softmax-3")] = [0.6, 0.6, 0.62]  # shortfall 0.093: within 0.01 of boost 1's, and larger
+    assert report.default_boost(_rows(spec)) == 3.0
+    assert report.within_noise((0.605, 0.3), (0.7, 0.1)) and not report.within_noise((0.58, 0.3), (0.7, 0.1))
+
+
+def test_quick_mode_writes_its_outputs_and_the_default_learns(tmp_path):
+    assert main(["--quick", "--out", str(tmp_path)]) == 0
+    rows = report.read_results(tmp_path / "results.csv")
+    assert [r["operator"] for r in rows] == list(QUICK_OPERATORS)
+    for r in rows:
+        assert r["task"] == "needles" and (r["n"], r["k"]) == (64, 4) and r["ms_per_step"] > 0
+        assert -math.inf < r["hard"] <= 1 and 0 <= r["recall"] <= 1
+    with open(tmp_path / "curves.csv") as f:
+        curves = list(csv.DictReader(f))
+    assert {int(c["step"]) for c in curves} >= {0, rows[0]["steps"]}
+    assert (tmp_path / "learning_curves.png").stat().st_size > 0
+    assert "| sh-default" in (tmp_path / "summary.md").read_text()
+    default = next(r for r in rows if r["operator"] == "sh-default")
+    chance = 4 / 64
+    assert default["recall"] > 8 * chance and default["hard"] > 0.5  # the default settings learn the rule
