@@ -31,11 +31,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ._core.hard import hard_selection
 from ._core.plan import Round, Selection, n_rounds
+from ._kernels import host_inputs
+from ._kernels.cpu import numpy_view
 from ._operators import HardTopK, IterativeSoftmax, SuccessiveHalving
 from ._validation import check_inputs
 
@@ -64,10 +67,23 @@ def _operator(method: str, boost: float, weighting: str, order: str, alpha: floa
     raise ValueError(f"unknown method {method!r}")
 
 
-def _flat(E: Tensor, v: Tensor, mask: Tensor | None, k: int) -> Any:
+def _flat(E: Tensor, v: Tensor, mask: Tensor | None, k: int) -> tuple[Any, bool]:
+    """The flattened, validated inputs, and whether they are NumPy views of the tensors.
+
+    CPU tensors that the compiled CPU engine serves (:func:`shtopk._kernels.host_inputs`)
+    run the whole operator on NumPy views (no copy) around its kernels; the results
+    come back through ``torch.from_numpy`` (no copy either).
+    """
     from ._api import flatten_inputs  # imported late: _api imports this module's users
 
-    return flatten_inputs(check_inputs(E, v, k, mask))
+    inp = check_inputs(E, v, k, mask)
+    host = host_inputs(inp)
+    return flatten_inputs(host or inp), host is not None
+
+
+def _to_torch(x: Any) -> Tensor:
+    """A result of the operator as a tensor (NumPy arrays of the host path: sharing memory)."""
+    return x if isinstance(x, Tensor) else torch.from_numpy(np.ascontiguousarray(x))
 
 
 @torch.library.custom_op("shtopk::topk", mutates_args=())
@@ -88,12 +104,12 @@ def topk(
     With ``record`` (successive halving only), ``saved`` holds what the backward needs
     (:func:`pack_selection`: O(n) numbers per batch row, never a copy of E); else it is empty.
     """
-    flat = _flat(E, v, mask, k)
+    flat, _ = _flat(E, v, mask, k)
     op = _operator(method, boost, weighting, order, alpha)
     record = record and method == "successive_halving"
     values, scores, sel = op.forward(flat, record=record)
     saved = pack_selection(sel) if record else []
-    return flat.unflatten_values(values), flat.unflatten_scores(scores), saved
+    return _to_torch(flat.unflatten_values(values)), _to_torch(flat.unflatten_scores(scores)), saved
 
 
 @topk.register_fake
@@ -136,6 +152,10 @@ def pack_selection(sel: Selection) -> list[Tensor]:
     seen: set[int] = set()
     packed = []
     for x in out:
+        if isinstance(x, np.ndarray):  # the host path's record: a tensor of its own memory
+            own = x.base is None and x.flags.c_contiguous and id(x) not in seen
+            seen.add(id(x))
+            x = torch.from_numpy(x if own else x.copy())
         if x._base is not None or id(x) in seen:
             x = x.clone(memory_format=torch.contiguous_format)
         x = x.contiguous()  # the fake implementation promises contiguous tensors
@@ -175,7 +195,10 @@ def topk_backward(
     ``saved`` is the forward's record (successive halving), or empty: then the
     selection is recomputed from the scores (E is not read for it).
     """
-    flat = _flat(E, v, mask, k)
+    flat, host = _flat(E, v, mask, k)
+    if host:  # NumPy views of the record and of the cotangents, as of E and v
+        saved = [numpy_view(x) for x in saved]
+        d_values, d_scores = numpy_view(d_values.to(E.dtype)), numpy_view(d_scores)
     op = _operator(method, boost, weighting, order, alpha)
     if method == "successive_halving":
         sel = unpack_selection(saved) if saved else op.plan(flat, record=True)
@@ -184,16 +207,17 @@ def topk_backward(
     else:
         sel = op.forward(flat, record=True)[2]  # the baseline's state comes with its forward
     B, d = flat.B, flat.d
+    d_values = d_values.reshape(B, k, d)
     dE, dv = op.backward(
         flat,
         sel,
-        d_values.reshape(B, k, d).to(E.dtype),
+        d_values if host else d_values.to(E.dtype),
         d_scores.reshape(B, k),
         need_dE=need_dE,
         need_dv=need_dv,
     )
-    dE = dE.reshape(E.shape) if need_dE else E.new_empty(0)
-    dv = dv.reshape(v.shape) if need_dv else v.new_empty(0)
+    dE = _to_torch(dE.reshape(E.shape)) if need_dE else E.new_empty(0)
+    dv = _to_torch(dv.reshape(v.shape)) if need_dv else v.new_empty(0)
     return dE, dv
 
 

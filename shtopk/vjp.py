@@ -32,6 +32,8 @@ from ._api import (
     iterative_operator,
     successive_halving_operator,
 )
+from ._kernels import host_inputs, to_torch
+from ._kernels.cpu import numpy_view
 from ._types import ScoresT, TopK, ValuesT
 from ._validation import Inputs, check_inputs, check_real_floating, check_same_library
 
@@ -43,10 +45,12 @@ Pullback = Callable[..., tuple[ValuesT, ScoresT]]
 
 def _with_pullback(op: Any, inp: Inputs) -> tuple[TopK[Any, Any], Pullback[Any, Any]]:
     check_operator_fits(op, inp)
-    flat = flatten_inputs(inp)
+    host = host_inputs(inp)  # torch CPU tensors the compiled CPU engine serves: NumPy views, as in shtopk::topk
+    flat = flatten_inputs(host or inp)
     values, scores, saved = op.forward(flat, record=True)
-    out = TopK(flat.unflatten_values(values), flat.unflatten_scores(scores))
-    xp, B, k, d = inp.xp, flat.B, inp.k, inp.d
+    wrap = to_torch if host else (lambda x: x)
+    out = TopK(wrap(flat.unflatten_values(values)), wrap(flat.unflatten_scores(scores)))
+    xp, fxp, B, k, d = inp.xp, flat.xp, flat.B, inp.k, inp.d
 
     def pullback(d_values: Any, d_scores: Any = None) -> tuple[Any, Any]:
         """Map cotangents of ``(values, scores)`` to cotangents ``(dE, dv)``.
@@ -66,11 +70,12 @@ def _with_pullback(op: Any, inp: Inputs) -> tuple[TopK[Any, Any], Pullback[Any, 
         _check_cotangent(xp, d_values, "d_values", out.values, inp.E)
         if d_scores is not None:
             _check_cotangent(xp, d_scores, "d_scores", out.scores, inp.E)
-            d_scores = xp.reshape(d_scores, (B, k))
+            d_scores = fxp.reshape(numpy_view(d_scores) if host else d_scores, (B, k))
         # copy=False: the backward passes only read the cotangent (a copy cost 2 ms at k=1024, d=256)
-        d_values = xp.reshape(xp.astype(d_values, inp.E.dtype, copy=False), (B, k, d))
+        d_values = xp.astype(d_values, inp.E.dtype, copy=False)
+        d_values = fxp.reshape(numpy_view(d_values) if host else d_values, (B, k, d))
         dE, dv = op.backward(flat, saved, d_values, d_scores)
-        return xp.reshape(dE, tuple(inp.E.shape)), xp.reshape(dv, tuple(inp.v.shape))
+        return wrap(fxp.reshape(dE, tuple(inp.E.shape))), wrap(fxp.reshape(dv, tuple(inp.v.shape)))
 
     return out, pullback
 

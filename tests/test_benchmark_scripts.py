@@ -18,9 +18,15 @@ def run(*args: str) -> str:
 
 
 def test_cpu_table_runs():
-    out = run(str(SCRIPTS / "cpu_table.py"), "--batch", "2", "--n", "64", "--d", "8", "--k", "2", "16", "--repeat", "2")
-    lines = out.strip().splitlines()
-    assert "fwd/read" in lines[1] and len(lines) == 4
+    args = ["--batch", "2", "--n", "64", "--d", "8", "--k", "2", "16", "n", "--repeat", "2"]
+    lines = run(str(SCRIPTS / "cpu_table.py"), *args).strip().splitlines()
+    assert "np fwd" in lines[1] and "topk" in lines[1] and len(lines) == 5
+
+
+def test_cpu_table_runs_beside_a_busy_process():
+    args = ["--batch", "2", "--n", "32", "--d", "4", "--k", "2", "--repeat", "1", "--busy", "--no-torch"]
+    lines = run(str(SCRIPTS / "cpu_table.py"), *args).strip().splitlines()
+    assert "competing" in lines[0] and "topk" not in lines[1] and len(lines) == 3
 
 
 def test_gpu_table_runs_on_the_cpu(tmp_path):

@@ -27,7 +27,7 @@ def gpu_for_cupy() -> bool:
 def test_readme_has_the_two_setup_commands():
     bash = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
     assert [b.strip() for b in bash] == [
-        'python -m pip install torch==2.13.0 -e ".[test,reproduce,jax,learn]" && python -m shtopk.reproduce',
+        'python -m pip install torch==2.13.0 -e ".[test,reproduce,jax,learn,cpu]" && python -m shtopk.reproduce',
         "python -m pytest",
     ]
 

@@ -9,8 +9,10 @@ import shtopk
 from shtopk import _kernels
 
 
-def test_numpy_arrays_get_the_numpy_engine(monkeypatch):
+def test_numpy_arrays_get_a_numpy_engine(monkeypatch):
     monkeypatch.delenv("SHTOPK_KERNELS", raising=False)
+    assert _kernels.engine(np.zeros(3), np.zeros(2)) == ("numba" if _kernels.cpu.available() else "numpy")
+    monkeypatch.setenv("SHTOPK_KERNELS", "numpy")
     assert _kernels.engine(np.zeros(3), np.zeros(2)) == "numpy"
 
 

@@ -52,8 +52,10 @@ def test_every_kernel_under_the_interpreter():
 
 def test_engine_choice(monkeypatch):
     monkeypatch.delenv("SHTOPK_KERNELS", raising=False)
-    assert _kernels.engine(torch.zeros(2)) == "neutral"  # CPU tensors never take the GPU kernels
+    cpu_engine = "numba" if _kernels.cpu.available() else "neutral"
+    assert _kernels.engine(torch.zeros(2)) == cpu_engine  # CPU tensors never take the GPU kernels
     monkeypatch.setattr(_kernels, "_on_gpu", lambda arrays: True)
+    monkeypatch.setattr(_kernels.cpu, "serves", lambda *arrays: False)  # as for CUDA tensors
     assert _kernels.engine(torch.zeros(2)) == "triton"
     monkeypatch.setenv("SHTOPK_KERNELS", "numpy")
     assert _kernels.engine(torch.zeros(2)) == "neutral"

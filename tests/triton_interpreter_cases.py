@@ -208,6 +208,7 @@ def test_rows_backward_equals_neutral(kernels, rng, dtype, need_dE, need_dw):
 def triton_engine(kernels, monkeypatch):
     """The dispatch point serves torch CPU tensors with the (interpreted) Triton kernels."""
     monkeypatch.setattr(_kernels, "_on_gpu", lambda arrays: all(torch.is_tensor(x) for x in arrays))
+    monkeypatch.setattr(_kernels.cpu, "serves", lambda *arrays: False)  # as for CUDA tensors: not the Numba engine's
     monkeypatch.delenv("SHTOPK_KERNELS", raising=False)
     assert _kernels.engine(torch.zeros(2)) == "triton"
 

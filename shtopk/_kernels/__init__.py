@@ -5,8 +5,12 @@ and runs on any library; it is the fallback and the reference. For the passes
 that dominate the cost, faster implementations exist for some libraries, and
 :func:`engine` chooses among them per call, from the arrays at hand:
 
+``"numba"``
+    NumPy arrays and torch CPU tensors, when Numba is installed: compiled
+    kernels (:mod:`.cpu`), the same for both (tensors are viewed as NumPy
+    arrays without copying).
 ``"numpy"``
-    NumPy arrays: NumPy calls that write into buffers they own
+    NumPy arrays without Numba: NumPy calls that write into buffers they own
     (:mod:`.numpy_ops`).
 ``"triton"``
     torch CUDA tensors and CuPy arrays, when Triton is installed: GPU
@@ -37,8 +41,9 @@ from .._core.apply import neutral_gather_sum, neutral_rows_backward
 from .._core.plan import Selection
 from .._core.plan import tournament as neutral_tournament
 from .._core.plan_backward import neutral_tournament_backward
+from . import cpu
 
-ENGINES = ("numpy", "triton", "neutral")
+ENGINES = ("numba", "numpy", "triton", "neutral")
 
 
 def _allowed() -> str:
@@ -53,11 +58,51 @@ def engine(*arrays: Any) -> str:
     allowed = _allowed()
     if allowed == "neutral":
         return "neutral"
-    if all(is_numpy_array(x) for x in arrays) and allowed in ("auto", "numpy"):
+    if allowed in ("auto", "numba") and cpu.serves(*arrays):
+        return "numba"
+    if allowed in ("auto", "numpy") and all(is_numpy_array(x) for x in arrays):
         return "numpy"
     if allowed in ("auto", "triton") and _on_gpu(arrays) and _triton_installed():
         return "triton"
     return "neutral"
+
+
+def host_inputs(inp: Any) -> Any | None:
+    """Validated inputs of torch CPU tensors as NumPy views (no copy) when the compiled engine
+    serves them, else None.
+
+    The whole operator then runs on NumPy, around the same kernels: the few
+    small steps between the kernels (flattening, masks, cotangent layout)
+    cost microseconds in NumPy but are each a parallel region in torch, which
+    waits for a descheduled thread whenever another process keeps a core
+    busy (measured: 5-13 ms per step). bfloat16 E (no NumPy dtype) stays on
+    torch, with the same kernels.
+    """
+    if not is_torch_array(inp.E) or engine(inp.E, inp.v) != "numba":
+        return None
+    import dataclasses
+
+    import torch
+
+    if inp.E.dtype == torch.bfloat16:
+        return None
+    from .._array_api import array_namespace
+
+    E, v = cpu.numpy_view(inp.E), cpu.numpy_view(inp.v)
+    mask = None if inp.mask is None else cpu.numpy_view(inp.mask)
+    return dataclasses.replace(inp, xp=array_namespace(E), device="cpu", E=E, v=v, mask=mask)
+
+
+def to_torch(x: Any) -> Any:
+    """A NumPy result of :func:`host_inputs`' inputs as a torch tensor (sharing its memory)."""
+    import torch
+
+    return torch.from_numpy(x) if x is not None else None
+
+
+def _numpy_allowed(*arrays: Any) -> bool:
+    """Whether the NumPy kernels may serve arrays the compiled kernels declined."""
+    return _allowed() in ("auto", "numpy") and all(is_numpy_array(x) for x in arrays)
 
 
 def _on_gpu(arrays: tuple[Any, ...]) -> bool:
@@ -80,7 +125,13 @@ def _triton_takes(xp: Any, *dtypes: Any) -> bool:
 def gather_sum(xp: Any, indices: Any, weights: Any, scores: Any, E: Any) -> Any:
     """``out[b, j] = sum_r weights[b, j, r] * E[b, indices[b, j, r]]``; see
     :func:`shtopk._core.apply.neutral_gather_sum`."""
-    chosen = engine(indices, weights, scores, E)
+    arrays = (indices, weights, scores, E)
+    chosen = engine(*arrays)
+    if chosen == "numba":
+        out = cpu.gather_sum(xp, indices, weights, scores, E)
+        if out is not None:
+            return out
+        chosen = "numpy" if _numpy_allowed(*arrays) else "neutral"  # indices out of range: the reference's errors
     if chosen == "numpy":
         from . import numpy_ops
 
@@ -98,6 +149,8 @@ def rows_backward(
     """``(dE, dw)`` of a selection whose rows each land in one slot; see
     :func:`shtopk._core.apply.neutral_rows_backward`."""
     chosen = engine(d_values, slot_of_row, weight_of_row, E)
+    if chosen == "numba":
+        return cpu.rows_backward(xp, d_values, slot_of_row, weight_of_row, E, need_dE=need_dE, need_dw=need_dw)
     if chosen == "numpy":
         from . import numpy_ops
 
@@ -122,7 +175,10 @@ def tournament(
     record: bool = False,
 ) -> Selection:
     """The scores-only tournament (the plan); see :func:`shtopk._core.plan.tournament`."""
-    if engine(s, valid, poison) == "triton" and _triton_takes(xp, s.dtype):
+    chosen = engine(s, valid, poison)
+    if chosen == "numba":
+        return cpu.tournament(xp, s, valid, poison, k, boost=boost, weighting=weighting, order=order, record=record)
+    if chosen == "triton" and _triton_takes(xp, s.dtype):
         from . import triton_ops
 
         return triton_ops.tournament(
@@ -134,7 +190,10 @@ def tournament(
 def tournament_backward(xp: Any, sel: Selection, dw_items: Any, d_scores: Any, boost: float, weighting: str) -> Any:
     """Score cotangents of the padded items; see
     :func:`shtopk._core.plan_backward.neutral_tournament_backward`."""
-    if engine(dw_items, d_scores) == "triton" and _triton_takes(xp, dw_items.dtype, d_scores.dtype):
+    chosen = engine(dw_items, d_scores, *(sel.rounds[0].order,) if sel.rounds else ())
+    if chosen == "numba":
+        return cpu.tournament_backward(xp, sel, dw_items, d_scores, boost, weighting)
+    if chosen == "triton" and _triton_takes(xp, dw_items.dtype, d_scores.dtype):
         from . import triton_ops
 
         if triton_ops.backward_reads(sel):

@@ -1,0 +1,398 @@
+"""The CPU engine: compiled Numba kernels for NumPy arrays and torch CPU tensors.
+
+Numba is optional (``pip install shtopk[cpu]``); without it :func:`available`
+is False and the dispatch point (:mod:`shtopk._kernels`) uses the NumPy
+kernels or the neutral core. The kernels themselves (:mod:`.numba_kernels`)
+are imported, and compiled, on first use, and cached on disk.
+
+Each function here takes the arrays of its neutral counterpart, views them
+as NumPy arrays without copying (torch CPU tensors through ``.numpy()``,
+bfloat16 as its uint16 bits), runs one kernel, and returns the results in the
+caller's library (``torch.from_numpy``: no copy either).
+
+Parallelism is decided per call, never left to a library's thread pool: a
+kernel call gets ``min(idle cores, work / WORK_PER_THREAD)`` threads, so
+small calls run on one thread, a call never waits on more threads than its
+work can keep busy, and a core that another process keeps busy is not
+counted (a parallel region waits for its slowest thread). Its work is split
+into a few blocks per thread, handed out dynamically, so a thread that is
+slowed anyway takes fewer blocks instead of holding the others up. Each operator call makes at
+most two parallel calls (the gather-sum; the rows backward), not one per
+small step; the tournament and its backward run on the calling thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from .._array_api import is_numpy_array, is_torch_array
+from .._core.finite import finite_gap
+from .._core.plan import Round, Selection, n_rounds
+from .._core.plan_backward import neutral_tournament_backward
+from .._fast import argsort_descending
+
+#: Bytes of E (or of the plan) one thread should have to itself before a call uses another thread.
+WORK_PER_THREAD = 1 << 20
+
+#: Blocks of work per thread: handed out dynamically, so a thread slowed by a busy neighbour takes fewer.
+BLOCKS_PER_THREAD = 4
+
+_kernels: Any = None
+_numba: Any = None
+_checked = False
+
+
+def available() -> bool:
+    """Whether Numba can be imported (the kernels module is imported here, once)."""
+    global _kernels, _numba, _checked
+    if not _checked:
+        _checked = True
+        try:
+            import numba
+
+            from . import numba_kernels
+        except ImportError:
+            _kernels = _numba = None
+        else:
+            _kernels, _numba = numba_kernels, numba
+    return _kernels is not None
+
+
+def _require() -> None:
+    if not available():
+        raise RuntimeError("the CPU engine needs Numba: pip install shtopk[cpu]")
+
+
+_NUMPY_FLOATS = ("float16", "float32", "float64")
+
+
+def _supported(x: Any) -> bool:
+    if is_numpy_array(x):
+        return x.dtype.isnative and (x.dtype.kind in "biu" or x.dtype.name in _NUMPY_FLOATS)  # no ">f8"
+    if is_torch_array(x):
+        import torch
+
+        return x.device.type == "cpu" and (
+            x.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool)
+            or not (x.dtype.is_floating_point or x.dtype.is_complex)
+        )
+    return False
+
+
+def serves(*arrays: Any) -> bool:
+    """True for NumPy arrays, or torch CPU tensors, of supported dtypes, when Numba is available.
+
+    Not for tensors that torch autograd is recording (grad enabled and one of
+    them requires grad): the kernels are opaque to autograd. The public
+    functions run them inside their ``autograd.Function``, where recording
+    is off.
+    """
+    if not arrays:
+        return False
+    if all(is_torch_array(x) for x in arrays):
+        import torch
+
+        if torch.is_grad_enabled() and any(x.requires_grad for x in arrays):
+            return False
+    elif not all(is_numpy_array(x) for x in arrays):
+        return False
+    return all(_supported(x) for x in arrays) and available()
+
+
+# ---------------------------------------------------------------- zero-copy views
+
+
+def _host(x: Any, dtype: Any = None) -> np.ndarray:
+    """A C-contiguous NumPy view of ``x`` (a copy only if it is strided or of another ``dtype``).
+    bfloat16 tensors come as their uint16 bits."""
+    if is_torch_array(x):
+        import torch
+
+        x = x.detach()
+        if dtype is not None:
+            x = x.to(getattr(torch, np.dtype(dtype).name))
+        if x.dtype == torch.bfloat16:
+            return x.contiguous().view(torch.int16).numpy().view(np.uint16)
+        return x.contiguous().numpy()
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+def numpy_view(x: Any) -> np.ndarray:
+    """A torch CPU tensor (not bfloat16) as a NumPy array; no copy unless it is strided."""
+    return x.detach().contiguous().numpy()
+
+
+def _half_kind(x: Any) -> int:
+    """0 for float32/float64, 1 for float16, 2 for bfloat16."""
+    if is_torch_array(x):
+        import torch
+
+        return {torch.float16: 1, torch.bfloat16: 2}.get(x.dtype, 0)
+    return 1 if x.dtype == np.float16 else 0
+
+
+def _wrap(a: np.ndarray, like: Any, *, half: int = 0) -> Any:
+    """``a`` in the library of ``like`` (torch: shares the memory); ``half`` 1 or 2: ``a`` holds
+    the bits of float16 or bfloat16 values."""
+    if half == 1:
+        a = a.view(np.float16)
+    if not is_torch_array(like):
+        return a
+    import torch
+
+    if half == 2:
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
+def _cores() -> int:
+    """Cores this process may use (its affinity), at most Numba's thread count."""
+    mine = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(_numba.config.NUMBA_NUM_THREADS, mine))
+
+
+_busy_at = -1.0
+_busy_cores = 0
+
+
+def _running_threads_of_this_process() -> int:
+    """Threads of this process that are running or runnable now (state ``R``), this one included."""
+    count = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        count += stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] == b"R"
+    return max(1, count)
+
+
+def _busy() -> int:
+    """Cores busy with other processes now: runnable threads (Linux ``procs_running``) that are
+    not this process's own (a thread pool that spins after a parallel region is not a
+    neighbour), re-read at most every 50 ms; 0 where those counts are not available."""
+    global _busy_at, _busy_cores
+    now = time.monotonic()
+    if now - _busy_at > 0.05:
+        _busy_at = now
+        try:
+            with open("/proc/stat", "rb") as f:
+                running = next(int(line.split()[1]) for line in f if line.startswith(b"procs_running"))
+            _busy_cores = max(0, running - _running_threads_of_this_process()) if running > 1 else 0
+        except (OSError, ValueError, StopIteration):
+            _busy_cores = 0
+    return _busy_cores
+
+
+def _launch(work_bytes: float, items: int) -> int:
+    """Set the threads of the next kernel call; return the number of blocks to split it into.
+
+    Threads: no more than the work can keep busy (:data:`WORK_PER_THREAD`),
+    than there are items, or than there are cores not busy with other
+    work: a parallel region waits for its slowest thread, and a thread that
+    shares its core with another process is slow.
+    """
+    cores = _cores()
+    threads = threads_for(cores, _busy() if cores > 1 else 0, work_bytes, items)
+    _numba.set_num_threads(threads)
+    return int(max(1, min(items, threads * BLOCKS_PER_THREAD))) if threads > 1 else 1
+
+
+def threads_for(cores: int, busy: int, work_bytes: float, items: int) -> int:
+    """Threads for a call: at most the idle cores, one per :data:`WORK_PER_THREAD` bytes, one per item."""
+    return int(max(1, min(cores - busy, work_bytes // WORK_PER_THREAD, items)))
+
+
+def _run(kernel: Any, *args: Any) -> None:
+    old = _numba.set_parallel_chunksize(1)  # blocks handed out one at a time
+    try:
+        kernel(*args)
+    finally:
+        _numba.set_parallel_chunksize(old)
+
+
+# ---------------------------------------------------------------- the passes over E
+
+
+def gather_sum(xp: Any, indices: Any, weights: Any, scores: Any, E: Any) -> Any | None:
+    """:func:`shtopk._core.apply.neutral_gather_sum` as one kernel call; None (use another
+    engine) for indices outside ``[0, n)``."""
+    _require()
+    B, k, P = indices.shape
+    n, d = E.shape[-2], E.shape[-1]
+    half = _half_kind(E)
+    E_h = _host(E).view(np.uint16) if half else _host(E)
+    acc = np.float32 if half else E_h.dtype
+    idx = _host(indices, np.int64).reshape(B * k, P)
+    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n):
+        return None
+    out = np.empty((B * k, d), dtype=E_h.dtype)
+    if B * k and d:
+        w = _host(weights, acc).reshape(B * k, P)
+        skip = (_host(scores) == -math.inf).reshape(B * k)
+        blocks = _launch(B * k * P * d * E_h.itemsize, B * k)
+        if half:
+            _run(_kernels.gather_sum_half, idx, w, skip, E_h, out, blocks, half)
+        else:
+            _run(_kernels.gather_sum, idx, w, skip, E_h, out, blocks)
+    return _wrap(out.reshape(B, k, d), E, half=half)
+
+
+def rows_backward(
+    xp: Any, d_values: Any, slot_of_row: Any, weight_of_row: Any, E: Any, *, need_dE: bool, need_dw: bool
+) -> tuple[Any, Any]:
+    """:func:`shtopk._core.apply.neutral_rows_backward`: ``dE`` and ``dw`` in one pass over E."""
+    _require()
+    B, n, d = E.shape
+    half = _half_kind(E)
+    E_h = _host(E).view(np.uint16) if half else _host(E)
+    acc = np.dtype(np.float32 if half else E_h.dtype)
+    dE = np.empty((B, n, d), dtype=E_h.dtype) if need_dE else np.empty((0, 0, 0), dtype=E_h.dtype)
+    dw = np.empty((B, n), dtype=acc) if need_dw else np.empty((0, 0), dtype=acc)
+    if B * n and d and (need_dE or need_dw):
+        dv = _host(d_values, acc)
+        slots = _host(slot_of_row, np.int64)
+        w = _host(weight_of_row, acc)
+        blocks = _launch(B * n * d * E_h.itemsize * (1 + need_dE), B * n)
+        if half:
+            _run(_kernels.rows_backward_half, dv, slots, w, E_h, dE, dw, need_dE, need_dw, blocks, half)
+        else:
+            _run(_kernels.rows_backward, dv, slots, w, E_h, dE, dw, need_dE, need_dw, acc.type(0), blocks)
+    elif need_dw:
+        dw[...] = 0
+    return (
+        _wrap(dE, E, half=half) if need_dE else None,
+        _wrap(dw, E) if need_dw else None,
+    )
+
+
+# ---------------------------------------------------------------- the tournament
+
+
+def _consts(dtype: np.dtype, boost: float, weighting: str) -> np.ndarray:
+    """Typed constants of the kernels: 0, 1, -inf, nan, boost, log(boost), the exp cap."""
+    power = weighting == "power"
+    lb = math.log(boost) if power else 0.0
+    cap = math.log(np.finfo(dtype).max) - 1.0
+    return np.array([0.0, 1.0, -math.inf, math.nan, boost, lb, cap], dtype=dtype)
+
+
+def tournament(
+    xp: Any,
+    s: Any,
+    valid: Any,
+    poison: Any,
+    k: int,
+    *,
+    boost: float,
+    weighting: str,
+    order: str,
+    record: bool = False,
+) -> Selection:
+    """:func:`shtopk._core.plan.tournament`: every round, the expansion, the final order and the
+    row layout in one kernel call (one thread); the first round's sort, of
+    unsorted scores, is NumPy's (:func:`shtopk._fast.argsort_descending`)."""
+    _require()
+    s_h = _host(s)
+    B, n = s_h.shape
+    dt = s_h.dtype
+    R = n_rounds(n, k)
+    P = 1 << R
+    m = k * P
+    valid_h = _host(valid)
+    if m > n:
+        s_h = np.concatenate([s_h, np.full((B, m - n), -math.inf, dtype=dt)], axis=-1)
+        valid_h = np.concatenate([valid_h, np.zeros((B, m - n), dtype=bool)], axis=-1)
+    poison_h = _host(poison)
+    masked = not (bool(valid_h.all()) and not bool(poison_h.any()))
+    order0 = np.ascontiguousarray(argsort_descending(np, s_h), dtype=np.int64) if R else np.empty((B, 0), np.int64)
+    full, half = B * (2 * m - 2 * k), B * (m - k)
+    rec_half = half if record else 0
+    orders = np.empty(full, np.int64)
+    sorted_w = np.empty(full, dt)
+    w_hi, w_lo = np.empty(half, dt), np.empty(half, dt)
+    s_hi0, s_lo0, gap, t = (np.empty(rec_half, dt) for _ in range(4))
+    lo_valid = np.empty(rec_half, bool)
+    indices = np.empty((B, k, P), np.int64)
+    weights = np.empty((B, k, P), dt)
+    scores = np.empty((B, k), dt)
+    rows = (B, n) if record else (0, 0)
+    slot_of_row, weight_of_row = np.empty(rows, np.int64), np.empty(rows, dt)
+    inv_perm = np.empty((B, k) if record else (0, 0), np.int64)
+    if B:
+        _kernels.tournament(
+            s_h,
+            valid_h,
+            poison_h,
+            order0,
+            k,
+            _consts(dt, boost, weighting),
+            weighting == "power",
+            order == "input",
+            masked,
+            record,
+            orders,
+            sorted_w,
+            w_hi,
+            w_lo,
+            s_hi0,
+            s_lo0,
+            gap,
+            t,
+            lo_valid,
+            indices.reshape(B, m),
+            weights.reshape(B, m),
+            scores,
+            slot_of_row,
+            weight_of_row,
+            inv_perm,
+        )
+    if record and gap.size:
+        gap[...] = finite_gap(np, s_hi0, s_lo0)  # the neutral core's recorded gap: never inf, 0 for ties
+    rounds = []
+    for r in range(R):
+        M = m >> r
+        fo, ho = B * (2 * m - 2 * M), B * (m - M)
+
+        def full_block(a: np.ndarray, fo: int = fo, M: int = M) -> Any:
+            return _wrap(a[fo : fo + B * M].reshape(B, M), s)
+
+        def half_block(a: np.ndarray, ho: int = ho, M: int = M) -> Any:
+            return _wrap(a[ho : ho + B * (M // 2)].reshape(B, M // 2), s)
+
+        extra = [half_block(a) for a in (s_hi0, s_lo0, gap, t, lo_valid)] if record else []
+        rounds.append(Round(full_block(orders), full_block(sorted_w), half_block(w_hi), half_block(w_lo), *extra))
+    if not record:
+        return Selection(_wrap(indices, s), _wrap(weights, s), _wrap(scores, s), rounds=rounds)
+    return Selection(
+        _wrap(indices, s),
+        _wrap(weights, s),
+        _wrap(scores, s),
+        _wrap(slot_of_row, s),
+        _wrap(weight_of_row, s),
+        rounds,
+        _wrap(inv_perm, s),
+    )
+
+
+def tournament_backward(xp: Any, sel: Selection, dw_items: Any, d_scores: Any, boost: float, weighting: str) -> Any:
+    """:func:`shtopk._core.plan_backward.neutral_tournament_backward` itself, on NumPy views of
+    the arrays (no kernel: O(n) work per row, and the neutral core's saturating formulas are
+    the reference for extreme inputs)."""
+    if not sel.rounds:
+        return d_scores
+    dt = _host(dw_items).dtype
+    rounds = [
+        Round(*(None if x is None else _host(x) for x in (getattr(rd, f.name) for f in dataclasses.fields(rd))))
+        for rd in sel.rounds
+    ]
+    host_sel = dataclasses.replace(sel, rounds=rounds)
+    out = neutral_tournament_backward(np, host_sel, _host(dw_items), _host(d_scores, dt), boost, weighting)
+    return _wrap(np.ascontiguousarray(out), dw_items)

@@ -1,0 +1,291 @@
+"""The compiled CPU engine (Numba) gives what the neutral core gives, on NumPy arrays and torch CPU tensors.
+
+Selections (indices, sort orders, row layout) must be identical; values and
+gradients equal to float rounding. Every test here compares the engine with
+the neutral core on fresh random inputs; the last ones check that the library
+works without Numba.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import array_api_compat.numpy as xp_np
+import numpy as np
+import pytest
+
+import shtopk
+from shtopk import _kernels
+from shtopk._api import check_inputs, flatten_inputs
+from shtopk._core.apply import neutral_gather_sum, neutral_rows_backward
+from shtopk._core.plan import tournament as neutral_tournament
+from shtopk._core.plan_backward import neutral_tournament_backward
+from shtopk._kernels import cpu
+
+pytest.importorskip("numba", reason="numba is not installed (pip install shtopk[cpu]): the CPU engine is unavailable")
+torch = pytest.importorskip("torch")
+
+TOL = {
+    "float16": dict(rtol=2e-3, atol=2e-3),
+    "bfloat16": dict(rtol=2e-2, atol=2e-2),
+    "float32": dict(rtol=2e-5, atol=2e-5),
+    "float64": dict(rtol=1e-11, atol=1e-12),
+}
+
+# (batch dims, n, k, d): n not a power of two (padding), several rounds, k = n, k = n - 1,
+# d = 1, an empty batch, n = 1
+CASES = [
+    ((), 70, 3, 5),
+    ((3,), 64, 2, 8),
+    ((2, 3), 33, 7, 4),
+    ((4,), 9, 9, 3),
+    ((2,), 10, 9, 4),
+    ((3,), 37, 5, 1),
+    ((0,), 10, 2, 3),
+    ((2,), 1, 1, 2),
+]
+
+
+def inputs(rng, batch, n, d, *, mask, special):
+    """Scores with (optionally) a mask, -inf, +inf and a NaN that poisons one batch row."""
+    E = rng.normal(size=(*batch, n, d))
+    v = rng.normal(size=(*batch, n))
+    keep = rng.random((*batch, n)) < 0.7 if mask else None
+    if special and v.size and n > 3:
+        flat_v = v.reshape(-1, n)
+        flat_v[0, 1] = -np.inf
+        flat_v[-1, 2] = np.inf
+        flat_v[-1, 3] = np.nan  # poisons the last batch row unless masked out
+        if keep is not None:
+            E.reshape(-1, n, d)[~keep.reshape(-1, n)] = np.nan  # masked rows are never read
+    return E, v, keep
+
+
+def run(monkeypatch, choice, fn, *args, **kw):
+    monkeypatch.setenv("SHTOPK_KERNELS", choice)
+    return fn(*args, **kw)
+
+
+def numpy_of(x):
+    if isinstance(x, torch.Tensor):
+        x = x.detach()
+        return x.double().numpy() if x.dtype.is_floating_point else x.numpy()
+    return np.asarray(x)
+
+
+def assert_same(got, want, tol):
+    got, want = numpy_of(got), numpy_of(want)
+    assert got.shape == want.shape
+    if got.dtype.kind in "biu":
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_allclose(got, want, **tol)
+
+
+@pytest.mark.parametrize("order", ["score", "input"])
+@pytest.mark.parametrize("weighting", ["softmax", "power"])
+@pytest.mark.parametrize("mask", [False, True])
+@pytest.mark.parametrize("special", [False, True])
+@pytest.mark.parametrize("case", CASES)
+def test_tournament_equals_neutral(rng, case, special, mask, weighting, order):
+    batch, n, k, d = case
+    E, v, keep = inputs(rng, batch, n, d, mask=mask, special=special)
+    flat = flatten_inputs(check_inputs(E, v, k, keep))
+    kw = dict(boost=3.0 if weighting == "softmax" else 20.0, weighting=weighting, order=order, record=True)
+    got = cpu.tournament(xp_np, flat.s, flat.valid, flat.poison, k, **kw)
+    want = neutral_tournament(xp_np, flat.s, flat.valid, flat.poison, k, **kw)
+    tol = TOL["float64"]
+    for name in ("indices", "slot_of_row", "inv_perm"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    for name in ("weights", "scores", "weight_of_row"):
+        assert getattr(got, name).dtype == getattr(want, name).dtype
+        np.testing.assert_allclose(getattr(got, name), getattr(want, name), err_msg=name, **tol)
+    assert len(got.rounds) == len(want.rounds)
+    for r, (a, b) in enumerate(zip(got.rounds, want.rounds, strict=True)):
+        np.testing.assert_array_equal(a.order, b.order, err_msg=f"round {r} order")
+        np.testing.assert_array_equal(a.lo_valid, b.lo_valid, err_msg=f"round {r} lo_valid")
+        for name in ("sorted_weights", "w_hi", "w_lo", "s_hi", "s_lo", "gap", "t"):
+            np.testing.assert_allclose(getattr(a, name), getattr(b, name), err_msg=f"round {r} {name}", **tol)
+    # the backward of the tournament, on the recorded rounds
+    B, m = flat.B, k * got.indices.shape[-1]
+    dw = rng.normal(size=(B, m))
+    ds = rng.normal(size=(B, k))
+    bw = dict(boost=kw["boost"], weighting=weighting)
+    np.testing.assert_allclose(
+        cpu.tournament_backward(xp_np, got, dw, ds, **bw), neutral_tournament_backward(xp_np, want, dw, ds, **bw), **tol
+    )
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+@pytest.mark.parametrize("order", ["score", "input"])
+@pytest.mark.parametrize("weighting", ["softmax", "power"])
+@pytest.mark.parametrize("mask", [False, True])
+@pytest.mark.parametrize("special", [False, True])
+@pytest.mark.parametrize("case", CASES)
+def test_operator_and_gradients_equal_neutral(monkeypatch, rng, case, special, mask, weighting, order, library):
+    """End to end: values, scores and both gradients, numba engine vs the neutral core."""
+    batch, n, k, d = case
+    E, v, keep = inputs(rng, batch, n, d, mask=mask, special=special)
+    kw = dict(boost=3.0 if weighting == "softmax" else 20.0, weighting=weighting, order=order, mask=keep)
+    dV = rng.normal(size=(*batch, k, d))
+    dS = rng.normal(size=(*batch, k))
+    if library == "torch":
+        E, v, dV, dS = (torch.from_numpy(x) for x in (E, v, dV, dS))
+        if keep is not None:
+            kw["mask"] = torch.from_numpy(keep)
+    results = {}
+    for choice in ("numba", "neutral"):
+        out, pullback = run(monkeypatch, choice, shtopk.vjp.successive_halving_topk, E, v, k, **kw)
+        results[choice] = (out.values, out.scores, *run(monkeypatch, choice, pullback, dV, dS))
+    for got, want in zip(results["numba"], results["neutral"], strict=True):
+        assert type(got) is type(want) and got.dtype == want.dtype
+        assert_same(got, want, TOL["float64"])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+def test_passes_over_E_in_every_dtype(rng, library, dtype):
+    """The gather-sum and the rows backward, half precision included (widened in the kernel)."""
+    if library == "numpy" and dtype == "bfloat16":
+        pytest.skip("NumPy has no bfloat16")
+    B, n, d, k = 3, 45, 19, 4
+    E64, v = rng.normal(size=(B, n, d)), rng.normal(size=(B, n))
+    keep = rng.random((B, n)) < 0.8
+    flat = flatten_inputs(check_inputs(E64, v, k, keep))
+    sel = neutral_tournament(
+        xp_np, flat.s, flat.valid, flat.poison, k, boost=3.0, weighting="softmax", order="score", record=True
+    )
+    dV = rng.normal(size=(B, k, d))
+    if library == "torch":
+        import array_api_compat.torch as xp
+
+        def conv(x):
+            t = torch.from_numpy(np.ascontiguousarray(x))
+            return t.to(getattr(torch, dtype)) if t.dtype == torch.float64 and x is not sel.weights else t
+
+        E, d_values = conv(E64), conv(dV)
+        idx, w, sc, slots, wrow = (
+            torch.from_numpy(x) for x in (sel.indices, sel.weights, sel.scores, sel.slot_of_row, sel.weight_of_row)
+        )
+    else:
+        xp = xp_np
+        E, d_values = E64.astype(dtype), dV.astype(dtype)
+        idx, w, sc, slots, wrow = sel.indices, sel.weights, sel.scores, sel.slot_of_row, sel.weight_of_row
+    got = cpu.gather_sum(xp, idx, w, sc, E)
+    want = neutral_gather_sum(xp, idx, w, sc, E)
+    assert got.dtype == want.dtype and type(got) is type(want)
+    assert_same(got, want, TOL[dtype])
+    dE, dw = cpu.rows_backward(xp, d_values, slots, wrow, E, need_dE=True, need_dw=True)
+    dE_want, dw_want = neutral_rows_backward(xp, d_values, slots, wrow, E, need_dE=True, need_dw=True)
+    assert dE.dtype == dE_want.dtype and dw.dtype == dw_want.dtype
+    assert_same(dE, dE_want, TOL[dtype])  # one product per element, rounded the same way
+    assert_same(dw, dw_want, TOL["float32" if dtype in ("float16", "bfloat16") else dtype])
+    for need in ((True, False), (False, True)):
+        a, b = cpu.rows_backward(xp, d_values, slots, wrow, E, need_dE=need[0], need_dw=need[1])
+        assert (a is None) != need[0] and (b is None) != need[1]
+
+
+def test_bfloat16_rounds_to_nearest_even_as_torch(rng):
+    """The kernel's float32 -> bfloat16 rounding is torch's, ties and NaN included."""
+    x = torch.from_numpy(rng.normal(size=(1, 1, 4000)).astype(np.float32))
+    x.view(-1)[:4] = torch.tensor([float("nan"), float("inf"), 1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8])  # two ties
+    E = x.to(torch.bfloat16)
+    ones = torch.ones((1, 1, 1))
+    # a single member of weight 1: the sum is the float32 value, rounded to bfloat16 by the kernel
+    got = cpu.gather_sum(
+        None, torch.zeros((1, 1, 1), dtype=torch.int64), ones, torch.zeros((1, 1)), x.to(torch.bfloat16)
+    )
+    assert got.dtype == torch.bfloat16
+    np.testing.assert_array_equal(got.float().numpy()[0, 0], E.float().numpy()[0, 0])  # NaN matches NaN
+    dE, _ = cpu.rows_backward(
+        None,
+        x.reshape(1, 1, -1),
+        torch.zeros((1, 1), dtype=torch.int64),
+        torch.ones((1, 1)),
+        E[:, :1],
+        need_dE=True,
+        need_dw=False,
+    )
+    np.testing.assert_array_equal(dE.float().numpy()[0, 0], E.float().numpy()[0, 0])
+
+
+def test_gather_sum_on_a_hand_made_plan(rng):
+    """int32 indices, repeated rows, NaN weights, -inf scores; out-of-range indices are declined."""
+    B, k, P, n, d = 3, 4, 5, 11, 6
+    indices = rng.integers(0, n, (B, k, P)).astype(np.int32)
+    weights = rng.normal(size=(B, k, P))
+    weights[0, 1, 2] = np.nan
+    scores = rng.normal(size=(B, k))
+    scores[1, 3] = scores[0, 1] = -np.inf
+    E = rng.normal(size=(B, n, d)).astype(np.float32)
+    got = cpu.gather_sum(xp_np, indices, weights, scores, E)
+    np.testing.assert_allclose(got, neutral_gather_sum(xp_np, indices, weights, scores, E), **TOL["float32"])
+    assert (got[0, 1] == 0).all()
+    indices[2, 0, 0] = n
+    assert cpu.gather_sum(xp_np, indices, weights, scores, E) is None
+
+
+def test_torch_autograd_matches_neutral(monkeypatch, rng):
+    """Tensors that require grad: the autograd Function runs the same kernels."""
+    E0, v0 = rng.normal(size=(2, 3, 50, 8)).astype(np.float32), rng.normal(size=(2, 3, 50)).astype(np.float32)
+    grads = {}
+    for choice in ("numba", "neutral"):
+        monkeypatch.setenv("SHTOPK_KERNELS", choice)
+        E = torch.from_numpy(E0).requires_grad_()
+        v = torch.from_numpy(v0).requires_grad_()
+        out = shtopk.successive_halving_topk(E, v, 5)
+        (out.values.square().sum() + out.scores.sum()).backward()
+        grads[choice] = (out.values, E.grad, v.grad)
+    for got, want in zip(grads["numba"], grads["neutral"], strict=True):
+        assert_same(got, want, TOL["float32"])
+
+
+def test_engine_choice(monkeypatch):
+    monkeypatch.setenv("SHTOPK_KERNELS", "auto")
+    assert _kernels.engine(np.zeros(3)) == "numba"
+    assert _kernels.engine(torch.zeros(3), torch.zeros(2, dtype=torch.bool)) == "numba"
+    assert _kernels.engine(torch.zeros(3, dtype=torch.complex64)) == "neutral"
+    assert _kernels.engine(np.zeros(3), torch.zeros(3)) == "neutral"
+    monkeypatch.setenv("SHTOPK_KERNELS", "numpy")
+    assert _kernels.engine(np.zeros(3)) == "numpy"
+    assert _kernels.engine(torch.zeros(3)) == "neutral"
+    monkeypatch.setenv("SHTOPK_KERNELS", "numba")
+    assert _kernels.engine(np.zeros(3)) == "numba"
+
+
+def test_threads_per_call():
+    MiB = cpu.WORK_PER_THREAD
+    assert cpu.threads_for(4, 0, 100 * MiB, 10_000) == 4  # large work, idle machine: every core
+    assert cpu.threads_for(4, 1, 100 * MiB, 10_000) == 3  # a busy neighbour: its core is left out
+    assert cpu.threads_for(2, 5, 100 * MiB, 10_000) == 1  # oversubscribed: the calling thread only
+    assert cpu.threads_for(4, 0, 2.5 * MiB, 10_000) == 2  # small work: few threads
+    assert cpu.threads_for(4, 0, 100 * MiB, 3) == 3  # no more threads than items
+    assert cpu.threads_for(4, 0, 10, 1) == 1
+
+
+def test_busy_cores_is_a_count():
+    cpu.available()
+    cpu._busy_at = -1.0
+    assert cpu._busy() >= 0 and cpu._running_threads_of_this_process() >= 1
+
+
+@pytest.fixture
+def without_numba(monkeypatch):
+    """Make ``import numba`` fail, as on an install without the ``cpu`` extra."""
+    for name in ("_kernels", "_numba", "_checked"):
+        monkeypatch.setattr(cpu, name, getattr(cpu, name))
+    monkeypatch.setattr(cpu, "_checked", False)
+    monkeypatch.setitem(sys.modules, "numba", None)
+    monkeypatch.delenv("SHTOPK_KERNELS", raising=False)
+
+
+def test_without_numba_the_library_falls_back(without_numba, rng):
+    assert not cpu.available()
+    assert _kernels.engine(np.zeros(3)) == "numpy"
+    assert _kernels.engine(torch.zeros(3)) == "neutral"
+    E, v = rng.normal(size=(2, 30, 4)), rng.normal(size=(2, 30))
+    out, pullback = shtopk.vjp.successive_halving_topk(E, v, 3)
+    dE, dv = pullback(np.ones_like(out.values))
+    assert np.isfinite(out.values).all() and dE.shape == E.shape and dv.shape == v.shape
+    t_out = shtopk.successive_halving_topk(torch.from_numpy(E), torch.from_numpy(v), 3)
+    np.testing.assert_allclose(t_out.values.numpy(), out.values, rtol=1e-12)
