@@ -32,10 +32,8 @@ from typing import Any
 import numpy as np
 
 from .._array_api import is_numpy_array, is_torch_array
-from .._core.finite import finite_gap
 from .._core.plan import Round, Selection, n_rounds
 from .._core.plan_backward import neutral_tournament_backward
-from .._fast import argsort_descending
 
 #: Bytes of E (or of the plan) one thread should have to itself before a call uses another thread.
 WORK_PER_THREAD = 1 << 20
@@ -277,11 +275,17 @@ def rows_backward(
 
 
 def _consts(dtype: np.dtype, boost: float, weighting: str) -> np.ndarray:
-    """Typed constants of the kernels: 0, 1, -inf, nan, boost, log(boost), the exp cap."""
+    """Typed constants of the kernels: 0, 1, -inf, nan, boost, log(boost), the exp cap, the
+    largest finite value."""
     power = weighting == "power"
     lb = math.log(boost) if power else 0.0
-    cap = math.log(np.finfo(dtype).max) - 1.0
-    return np.array([0.0, 1.0, -math.inf, math.nan, boost, lb, cap], dtype=dtype)
+    big = float(np.finfo(dtype).max)
+    return np.array([0.0, 1.0, -math.inf, math.nan, boost, lb, math.log(big) - 1.0, big], dtype=dtype)
+
+
+#: Bytes of E-like work one item of the tournament counts as, for :func:`_launch` (measured:
+#: a float32 row of 4096 scores takes about as long as reading 256 KiB).
+TOURNAMENT_BYTES_PER_ITEM = 64
 
 
 def tournament(
@@ -296,9 +300,8 @@ def tournament(
     order: str,
     record: bool = False,
 ) -> Selection:
-    """:func:`shtopk._core.plan.tournament`: every round, the expansion, the final order and the
-    row layout in one kernel call (one thread); the first round's sort, of
-    unsorted scores, is NumPy's (:func:`shtopk._fast.argsort_descending`)."""
+    """:func:`shtopk._core.plan.tournament`: the first round's sort, every round, the expansion,
+    the final order and the row layout in one kernel call, in parallel over batch rows."""
     _require()
     s_h = _host(s)
     B, n = s_h.shape
@@ -312,7 +315,6 @@ def tournament(
         valid_h = np.concatenate([valid_h, np.zeros((B, m - n), dtype=bool)], axis=-1)
     poison_h = _host(poison)
     masked = not (bool(valid_h.all()) and not bool(poison_h.any()))
-    order0 = np.ascontiguousarray(argsort_descending(np, s_h), dtype=np.int64) if R else np.empty((B, 0), np.int64)
     full, half = B * (2 * m - 2 * k), B * (m - k)
     rec_half = half if record else 0
     orders = np.empty(full, np.int64)
@@ -327,17 +329,19 @@ def tournament(
     slot_of_row, weight_of_row = np.empty(rows, np.int64), np.empty(rows, dt)
     inv_perm = np.empty((B, k) if record else (0, 0), np.int64)
     if B:
-        _kernels.tournament(
+        blocks = _launch(B * m * TOURNAMENT_BYTES_PER_ITEM, B)
+        _run(
+            _kernels.tournament,
             s_h,
             valid_h,
             poison_h,
-            order0,
             k,
             _consts(dt, boost, weighting),
             weighting == "power",
             order == "input",
             masked,
             record,
+            3 if dt == np.float32 else 6,
             orders,
             sorted_w,
             w_hi,
@@ -353,9 +357,8 @@ def tournament(
             slot_of_row,
             weight_of_row,
             inv_perm,
+            blocks,
         )
-    if record and gap.size:
-        gap[...] = finite_gap(np, s_hi0, s_lo0)  # the neutral core's recorded gap: never inf, 0 for ties
     rounds = []
     for r in range(R):
         M = m >> r
@@ -382,17 +385,78 @@ def tournament(
     )
 
 
+def _flat(blocks: list[Any], dtype: Any) -> np.ndarray:
+    """The rounds' (B, M_r) blocks of one field as the flat round-major array :func:`tournament`
+    wrote them into: that array itself when the blocks are its views, else a copy."""
+    arrays = [_host(x, dtype) for x in blocks]
+    base = arrays[0].base
+    total = sum(a.size for a in arrays)
+    if (
+        isinstance(base, np.ndarray)
+        and base.ndim == 1
+        and base.size == total
+        and base.dtype == arrays[0].dtype
+        and base.flags.c_contiguous
+        and all(np.shares_memory(a, base) for a in arrays)
+        and arrays[0].__array_interface__["data"][0] == base.__array_interface__["data"][0]
+    ):
+        return base
+    return np.concatenate([a.reshape(-1) for a in arrays])
+
+
+def _backward_consts(dtype: np.dtype, boost: float, weighting: str) -> np.ndarray:
+    """Typed constants of the tournament's backward: 0, the largest finite value, boost, ln b,
+    ln ln b, the exp caps of the power weighting, a quarter of the largest value, 1."""
+    big = float(np.finfo(dtype).max)
+    lb = llb = cap = cap_g = 0.0
+    if weighting == "power":
+        lb = math.log(boost)
+        llb = math.log(lb)
+        cap = math.log(big) - max(0.0, llb) - 1.0
+        cap_g = math.log(big) - 1.0
+    return np.array([0.0, big, boost, lb, llb, cap, cap_g, big / 4, 1.0], dtype=dtype)
+
+
 def tournament_backward(xp: Any, sel: Selection, dw_items: Any, d_scores: Any, boost: float, weighting: str) -> Any:
-    """:func:`shtopk._core.plan_backward.neutral_tournament_backward` itself, on NumPy views of
-    the arrays (no kernel: O(n) work per row, and the neutral core's saturating formulas are
-    the reference for extreme inputs)."""
+    """:func:`shtopk._core.plan_backward.neutral_tournament_backward` in one kernel call, in
+    parallel over batch rows (the same saturating formulas, in the scores' dtype)."""
+    _require()
     if not sel.rounds:
         return d_scores
-    dt = _host(dw_items).dtype
-    rounds = [
-        Round(*(None if x is None else _host(x) for x in (getattr(rd, f.name) for f in dataclasses.fields(rd))))
-        for rd in sel.rounds
-    ]
-    host_sel = dataclasses.replace(sel, rounds=rounds)
-    out = neutral_tournament_backward(np, host_sel, _host(dw_items), _host(d_scores, dt), boost, weighting)
-    return _wrap(np.ascontiguousarray(out), dw_items)
+    dw_h = _host(dw_items)
+    dt = dw_h.dtype
+    if dt not in (np.float32, np.float64):
+        rounds = [
+            Round(*(None if x is None else _host(x) for x in (getattr(rd, f.name) for f in dataclasses.fields(rd))))
+            for rd in sel.rounds
+        ]
+        out = neutral_tournament_backward(
+            np, dataclasses.replace(sel, rounds=rounds), dw_h, _host(d_scores, dt), boost, weighting
+        )
+        return _wrap(np.ascontiguousarray(out), dw_items)
+    B, m = dw_h.shape
+
+    def field(name: str, dtype: Any = dt) -> np.ndarray:
+        return _flat([getattr(rd, name) for rd in sel.rounds], dtype)
+
+    out = np.empty((B, m), dt)
+    blocks = _launch(B * m * TOURNAMENT_BYTES_PER_ITEM, B)
+    _run(
+        _kernels.tournament_backward,
+        field("order", np.int64),
+        field("sorted_weights"),
+        field("w_hi"),
+        field("w_lo"),
+        field("s_hi"),
+        field("s_lo"),
+        field("gap"),
+        field("t"),
+        field("lo_valid", bool),
+        dw_h,
+        _host(d_scores, dt),
+        _backward_consts(dt, boost, weighting),
+        weighting == "power",
+        out,
+        blocks,
+    )
+    return _wrap(out, dw_items)

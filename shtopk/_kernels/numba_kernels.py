@@ -12,10 +12,10 @@ Half precision arrives as its bits (uint16): ``half=1`` float16,
 ``half=2`` bfloat16. The kernels widen each element to float32 (and
 round results back, to nearest even), so E is never copied.
 
-The passes over E loop in parallel over ``chunks`` blocks of work
-(``prange``); the caller picks the number of blocks and of threads for each
-call. The tournament and its backward (O(n) per batch row, not O(n d)) run
-on one thread.
+Every kernel loops in parallel over ``chunks`` blocks of work (``prange``):
+output or input rows for the passes over E, batch rows for the tournament and
+its backward (O(n) per batch row, not O(n d)); the caller picks the number of
+blocks and of threads for each call.
 """
 
 from __future__ import annotations
@@ -76,6 +76,27 @@ def _f32_as_u32(typingctx, x):
         return builder.bitcast(args[0], ir.IntType(32))
 
     return types.uint32(x), codegen
+
+
+@intrinsic
+def _descending_key(typingctx, x):
+    """A float32/float64 (not NaN) as a uint64 whose ascending order is the float's descending
+    order, ``-0.0`` and ``0.0`` equal (float32 keys use the low 32 bits)."""
+    if x not in (types.float32, types.float64):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ft = args[0].type
+        width = 32 if ft == ir.FloatType() else 64
+        it = ir.IntType(width)
+        u = builder.bitcast(builder.fadd(args[0], ir.Constant(ft, 0.0)), it)  # -0.0 + 0.0 = 0.0
+        sign = ir.Constant(it, 1 << (width - 1))
+        # ascending key: flip every bit of negatives, the sign bit of the others; then invert
+        ascending = builder.xor(u, builder.or_(builder.ashr(u, ir.Constant(it, width - 1)), sign))
+        key = builder.not_(ascending)
+        return key if width == 64 else builder.zext(key, ir.IntType(64))
+
+    return types.uint64(x), codegen
 
 
 @njit(inline="always")
@@ -336,6 +357,55 @@ def _sort_desc(keys, idx, ktmp, itmp, runs):  # pragma: no cover -- compiled
         idx[:] = src_i
 
 
+#: Rows at least this long are sorted by radix (below it, by :func:`_sort_desc`).
+_RADIX_MIN = 256
+_DIGIT_BITS = 11
+
+
+@njit(cache=True, error_model="numpy")
+def _radix_order(x, order, keys, ktmp, itmp, hist):  # pragma: no cover -- compiled
+    """The stable descending order of the float row ``x`` (no NaN) into ``order``.
+
+    A least-significant-digit radix sort of :func:`_descending_key` keys, 11 bits
+    per pass: one pass counts every digit, then one scatter per digit that is not
+    the same for the whole row (three at most for float32). Linear in the row,
+    and stable, as the neutral core's sort. ``keys``/``ktmp`` (uint64),
+    ``itmp`` (int64) are scratch of the row's length, ``hist`` (passes, 2048).
+    """
+    M = x.shape[0]
+    passes = hist.shape[0]
+    mask = np.uint64((1 << _DIGIT_BITS) - 1)
+    hist[:] = 0
+    for i in range(M):
+        key = _descending_key(x[i])
+        keys[i] = key
+        order[i] = i
+        for p in range(passes):
+            hist[p, (key >> np.uint64(p * _DIGIT_BITS)) & mask] += 1
+    src_k, src_i, dst_k, dst_i = keys, order, ktmp, itmp
+    swapped = False
+    for p in range(passes):
+        h = hist[p]
+        shift = np.uint64(p * _DIGIT_BITS)
+        if h[(src_k[0] >> shift) & mask] == M:
+            continue  # one digit value for the whole row: nothing moves
+        total = 0
+        for j in range(h.shape[0]):
+            c = h[j]
+            h[j] = total
+            total += c
+        for i in range(M):
+            key = src_k[i]
+            at = h[(key >> shift) & mask]
+            h[(key >> shift) & mask] = at + 1
+            dst_k[at] = key
+            dst_i[at] = src_i[i]
+        src_k, src_i, dst_k, dst_i = dst_k, dst_i, src_k, src_i
+        swapped = not swapped
+    if swapped:
+        order[:] = src_i
+
+
 @njit(cache=True, error_model="numpy")
 def _pair_gap(s_hi, s_lo, boost, lb, cap, power, zero):
     """:func:`shtopk._core.plan.pair_gap` for one pair (all constants in the scores' dtype)."""
@@ -354,18 +424,18 @@ def _pair_gap(s_hi, s_lo, boost, lb, cap, power, zero):
     return zero
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def tournament(
     s,
     valid,
     poison,
-    order0,
     k,
     consts,
     power,
     by_input,
     masked,
     record,
+    passes,
     orders,
     sorted_w,
     w_hi,
@@ -381,50 +451,52 @@ def tournament(
     slot_of_row,
     weight_of_row,
     inv_perm,
+    chunks,
 ):  # pragma: no cover -- compiled
-    """:func:`shtopk._core.plan.tournament` for every batch row.
+    """:func:`shtopk._core.plan.tournament` for every batch row, in parallel over ``chunks``
+    blocks of batch rows.
 
-    One thread: a parallel loop here took 10 s more to compile (measured), for
-    at most a 2x gain on a step that is a fraction of the forward pass.
-
-    ``s``/``valid`` (B, m) are padded; ``order0`` (B, m) the sort order of
-    round 0 (sorted by the caller). The rounds are written round-major into
+    ``s``/``valid`` (B, m) are padded. The rounds are written round-major into
     the flat arrays (round ``r`` is a (B, M_r) block, M_r = m >> r, at
     ``B * (2m - 2 M_r)`` in ``orders``/``sorted_w`` and at ``B * (m - M_r)`` in
     the per-pair arrays ``w_hi`` ... ``lo_valid``, which are written only with
     ``record``, except ``w_hi``/``w_lo``). The selection goes to ``indices``,
     ``weights`` (B, k * P), ``scores`` (B, k) and, with ``record``,
-    ``slot_of_row``/``weight_of_row`` (B, n) and ``inv_perm`` (B, k).
+    ``slot_of_row``/``weight_of_row`` (B, n) and ``inv_perm`` (B, k). ``passes``:
+    radix passes of the first round's sort (3 for float32 scores, 6 for float64).
     """
-    for b in range(s.shape[0]):
-        _tournament_row(
-            b,
-            s,
-            valid,
-            poison,
-            order0,
-            k,
-            consts,
-            power,
-            by_input,
-            masked,
-            record,
-            orders,
-            sorted_w,
-            w_hi,
-            w_lo,
-            s_hi0,
-            s_lo0,
-            gap,
-            t_out,
-            lo_valid,
-            indices,
-            weights,
-            scores,
-            slot_of_row,
-            weight_of_row,
-            inv_perm,
-        )
+    B = s.shape[0]
+    step = (B + chunks - 1) // chunks
+    for c in prange(chunks):
+        for b in range(c * step, min(B, (c + 1) * step)):
+            _tournament_row(
+                b,
+                s,
+                valid,
+                poison,
+                k,
+                consts,
+                power,
+                by_input,
+                masked,
+                record,
+                passes,
+                orders,
+                sorted_w,
+                w_hi,
+                w_lo,
+                s_hi0,
+                s_lo0,
+                gap,
+                t_out,
+                lo_valid,
+                indices,
+                weights,
+                scores,
+                slot_of_row,
+                weight_of_row,
+                inv_perm,
+            )
 
 
 @njit(cache=True, error_model="numpy")
@@ -433,13 +505,13 @@ def _tournament_row(
     s,
     valid,
     poison,
-    order0,
     k,
     consts,
     power,
     by_input,
     masked,
     record,
+    passes,
     orders,
     sorted_w,
     w_hi,
@@ -457,11 +529,12 @@ def _tournament_row(
     inv_perm,
 ):  # pragma: no cover -- compiled
     """Batch row ``b`` of :func:`tournament` (a function of its own: Numba compiles a parallel
-    loop around a call much faster than around a large body)."""
+    loop around a call much faster than around a large body). The first round's
+    order is sorted here too: by radix for long rows (:func:`_radix_order`)."""
     B, m = s.shape
     n = slot_of_row.shape[1]
     P = m // k
-    zero, one, neg_inf, nan, boost, lb, cap = (
+    zero, one, neg_inf, nan, boost, lb, cap, big = (
         consts[0],
         consts[1],
         consts[2],
@@ -469,6 +542,7 @@ def _tournament_row(
         consts[4],
         consts[5],
         consts[6],
+        consts[7],
     )
     cur = s[b].copy()
     keys = np.empty(m, s.dtype)
@@ -483,8 +557,15 @@ def _tournament_row(
         h = M // 2
         o = orders[full_off + b * M : full_off + (b + 1) * M]
         sw = sorted_w[full_off + b * M : full_off + (b + 1) * M]
-        if M == m:
-            o[:] = order0[b]
+        if M == m and M >= _RADIX_MIN:
+            _radix_order(
+                cur,
+                o,
+                np.empty(M, np.uint64),
+                np.empty(M, np.uint64),
+                itmp,
+                np.empty((passes, 1 << _DIGIT_BITS), np.int64),
+            )
             for i in range(M):
                 keys[i] = cur[o[i]]
         else:
@@ -524,7 +605,7 @@ def _tournament_row(
             if record:
                 s_hi0[base + i] = sh0
                 s_lo0[base + i] = sl0
-                gap[base + i] = sh0 - sl0
+                gap[base + i] = zero if sh0 == sl0 else min(sh0 - sl0, big)  # finite_gap
                 t_out[base + i] = t
                 lo_valid[base + i] = lv
         full_off += B * M
@@ -607,3 +688,121 @@ def _tournament_row(
                 weight_of_row[b, row] = wts[q]
         for j in range(k):
             inv_perm[b, perm[j]] = j
+
+
+# ---------------------------------------------------------------- the tournament's backward
+
+
+@njit(inline="always")
+def _clip_max(x, hi):
+    """``min(x, hi)`` that keeps NaN (as ``np.clip``)."""
+    return hi if x > hi else x
+
+
+@njit(inline="always")
+def _saturate(x, big):
+    """:func:`shtopk._core.finite.saturate` of one value: ``+-inf -> +-big``, NaN stays."""
+    if x > big:
+        return big
+    if x < -big:
+        return -big
+    return x
+
+
+@njit(cache=True, error_model="numpy")
+def _power_side(s, dq, sigma, log_ww, lo_valid, has_gap, log_gap, c):  # pragma: no cover -- compiled
+    """``side(s)`` of :func:`shtopk._core.plan_backward._pair_weight_grad` (power weighting);
+    ``c`` holds its typed constants (see :func:`tournament_backward`)."""
+    zero, big, lb, cap, cap_g, quarter = c[0], c[1], c[3], c[5], c[6], c[7]
+    a = s * lb
+    if a < -quarter:
+        a = -quarter
+    elif a > quarter:
+        a = quarter
+    e = a + log_ww
+    f = (np.exp(_clip_max(e, cap)) if lo_valid else zero) * lb
+    gf = np.exp(_clip_max(e + log_gap, cap_g)) if has_gap else zero
+    return _saturate(_saturate(dq * f, big) + _saturate(sigma * gf, big), big)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def tournament_backward(
+    orders, sorted_w, w_hi, w_lo, s_hi0, s_lo0, gap, t, lo_valid, dw_items, d_scores, consts, power, out, chunks
+):  # pragma: no cover -- compiled
+    """:func:`shtopk._core.plan_backward.neutral_tournament_backward` for every batch row, in
+    parallel over ``chunks`` blocks of batch rows, formula by formula.
+
+    The rounds' arrays are the flat round-major blocks of :func:`tournament`
+    (recorded). ``consts``: 0, the largest finite value, boost, ``ln b``,
+    ``ln ln b``, the two exp caps and ``big / 4`` (power), 1, in the scores' dtype.
+    """
+    B = dw_items.shape[0]
+    step = (B + chunks - 1) // chunks
+    for c in prange(chunks):
+        for b in range(c * step, min(B, (c + 1) * step)):
+            _tournament_backward_row(
+                b, orders, sorted_w, w_hi, w_lo, s_hi0, s_lo0, gap, t, lo_valid, dw_items, d_scores, consts, power, out
+            )
+
+
+@njit(cache=True, error_model="numpy")
+def _tournament_backward_row(
+    b, orders, sorted_w, w_hi, w_lo, s_hi0, s_lo0, gap, t, lo_valid, dw_items, d_scores, consts, power, out
+):  # pragma: no cover -- compiled
+    """Batch row ``b`` of :func:`tournament_backward`: ``Q`` bottom-up, then ``sigma`` and ``D``
+    top-down."""
+    B, m = dw_items.shape
+    k = d_scores.shape[1]
+    zero, big, boost, log_log_b, one = consts[0], consts[1], consts[2], consts[4], consts[8]
+    dQ = np.empty(max(m - k, 1), dw_items.dtype)  # round r's pairs at m - M_r
+    Q = dw_items[b].copy()
+    M = m
+    fo = 0
+    while M > k:
+        h = M // 2
+        o = orders[fo + b * M : fo + (b + 1) * M]
+        sw = sorted_w[fo + b * M : fo + (b + 1) * M]
+        Qn = np.empty(h, Q.dtype)
+        for i in range(h):
+            qh = Q[o[i]]
+            ql = Q[o[M - 1 - i]]
+            Qn[i] = qh * sw[i] + ql * sw[M - 1 - i]
+            dQ[m - M + i] = qh - ql
+        Q = Qn
+        fo += B * M
+        M = h
+    sigma = d_scores[b].copy()
+    D = np.ones(k, dw_items.dtype)
+    while M < m:
+        M2 = 2 * M
+        fo = B * (2 * m - 2 * M2)
+        ho = B * (m - M2) + b * M
+        o = orders[fo + b * M2 : fo + (b + 1) * M2]
+        sw = sorted_w[fo + b * M2 : fo + (b + 1) * M2]
+        sigma2 = np.empty(M2, sigma.dtype)
+        D2 = np.empty(M2, D.dtype)
+        for i in range(M):
+            dq = D[i] * dQ[m - M2 + i]
+            si = sigma[i]
+            p = ho + i
+            if power:
+                tp = t[p]
+                log_ww = -tp - (one + one) * np.log1p(np.exp(-tp))
+                lv = lo_valid[p]
+                has_gap = lv and gap[p] > zero
+                log_gap = np.log(gap[p] if has_gap else one) + log_log_b
+                ds_hi = _power_side(s_hi0[p], dq, si, log_ww, lv, has_gap, log_gap, consts)
+                ds_lo = -_power_side(s_lo0[p], dq, si, log_ww, lv, has_gap, log_gap, consts)
+            else:
+                ww = w_hi[p] * w_lo[p]
+                ds_hi = _saturate(dq * (ww * boost) + si * (ww * _clip_max(t[p], big)), big)
+                ds_lo = -ds_hi
+            hi, lo = o[i], o[M2 - 1 - i]
+            sigma2[hi] = _saturate(si * sw[i] + ds_hi, big)
+            sigma2[lo] = _saturate(si * sw[M2 - 1 - i] + ds_lo, big)
+            D2[hi] = D[i] * sw[i]
+            D2[lo] = D[i] * sw[M2 - 1 - i]
+        sigma = sigma2
+        D = D2
+        M = M2
+    out[b] = sigma
