@@ -136,19 +136,23 @@ def test_radix_order_is_the_stable_descending_sort(rng, M, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_tournament_long_rows_with_ties(rng, dtype):
-    """Rows of 3000 scores with many ties: the first round's order is the neutral core's, and
-    in float64 so is the whole plan. (In float32 the merged scores of later rounds differ
-    from NumPy's in the last bit -- another exp -- which may swap near-ties from round 2 on.)"""
+@pytest.mark.parametrize("k", [16, 300, 3000])
+def test_tournament_long_rows_with_ties(rng, k, dtype):
+    """Rows of 3000 scores with many ties (k = 300 and k = n: the slots' final order by radix
+    too): the first round's order is the neutral core's, and in float64 so is the whole plan.
+    (In float32 the merged scores of later rounds differ from NumPy's in the last bit --
+    another exp -- which may swap near-ties from round 2 on.)"""
     v = (rng.integers(-20, 20, size=(3, 3000)) / 4).astype(dtype)
     v[0, :10] = -0.0
     valid, poison = np.ones(v.shape, bool), np.zeros(3, bool)
     kw = dict(boost=2.0, weighting="softmax", order="score", record=True)
-    got = cpu.tournament(xp_np, v, valid, poison, 16, **kw)
-    want = neutral_tournament(xp_np, v, valid, poison, 16, **kw)
-    np.testing.assert_array_equal(got.rounds[0].order, want.rounds[0].order)
-    np.testing.assert_allclose(got.rounds[0].sorted_weights, want.rounds[0].sorted_weights, **TOL[dtype])
-    if dtype == "float64":
+    got = cpu.tournament(xp_np, v, valid, poison, k, **kw)
+    want = neutral_tournament(xp_np, v, valid, poison, k, **kw)
+    assert len(got.rounds) == len(want.rounds)
+    if got.rounds:
+        np.testing.assert_array_equal(got.rounds[0].order, want.rounds[0].order)
+        np.testing.assert_allclose(got.rounds[0].sorted_weights, want.rounds[0].sorted_weights, **TOL[dtype])
+    if dtype == "float64" or not got.rounds:
         for name in ("indices", "slot_of_row", "inv_perm"):
             np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
         for a, b in zip(got.rounds, want.rounds, strict=True):
@@ -264,6 +268,30 @@ def test_gather_sum_on_a_hand_made_plan(rng):
     assert (got[0, 1] == 0).all()
     indices[2, 0, 0] = n
     assert cpu.gather_sum(xp_np, indices, weights, scores, E) is None
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(3, 4, 5, 11, 6), (1, 4, 5, 11, 6), (3, 2, 20, 40, 1024), (4, 9, 1, 9, 3)])
+def test_gather_sum_row_and_plan_order_agree(rng, shape, dtype):
+    """Both loop orders of the gather-sum (by E's rows, by the plan's slots) give the neutral
+    sums: repeated rows, NaN weights, skipped slots; whichever :func:`cpu._by_row` picks."""
+    B, k, P, n, d = shape
+    assert cpu.available()
+    kernels = (cpu._kernels.gather_sum, cpu._kernels.gather_sum_by_row)
+    idx = rng.integers(0, n, (B * k, P))
+    w = rng.normal(size=(B * k, P)).astype(dtype)
+    w[0, -1] = np.nan
+    skip = rng.random(B * k) < 0.3
+    E = rng.normal(size=(B, n, d)).astype(dtype)
+    scores = np.where(skip, -np.inf, 0.0).reshape(B, k)
+    want = neutral_gather_sum(xp_np, idx.reshape(B, k, P), w.reshape(B, k, P), scores, E).reshape(B * k, d)
+    for kernel in kernels:
+        out = np.full((B * k, d), 7.0, dtype)
+        kernel(idx, w, skip, E, out, 2)
+        np.testing.assert_allclose(out, want, **TOL[dtype], err_msg=kernel.__name__)
+    np.testing.assert_allclose(
+        cpu.gather_sum(xp_np, idx.reshape(B, k, P), w.reshape(B, k, P), scores, E).reshape(B * k, d), want, **TOL[dtype]
+    )
 
 
 def test_torch_autograd_matches_neutral(monkeypatch, rng):

@@ -219,6 +219,14 @@ def _run(kernel: Any, *args: Any) -> None:
 # ---------------------------------------------------------------- the passes over E
 
 
+def _by_row(B: int, P: int, row_bytes: int) -> bool:
+    """Whether the gather-sum should read E in row order (:func:`.numba_kernels.gather_sum_by_row`)
+    rather than in plan order: unless rows are long (>= 4 KiB) and slots have many members
+    (>= 16), when the plan order streams each member row as well; and only with batch rows
+    enough for every thread (it is parallel over batch rows)."""
+    return B >= _cores() and not (row_bytes >= 4096 and P >= 16)
+
+
 def gather_sum(xp: Any, indices: Any, weights: Any, scores: Any, E: Any) -> Any | None:
     """:func:`shtopk._core.apply.neutral_gather_sum` as one kernel call; None (use another
     engine) for indices outside ``[0, n)``."""
@@ -235,10 +243,13 @@ def gather_sum(xp: Any, indices: Any, weights: Any, scores: Any, E: Any) -> Any 
     if B * k and d:
         w = _host(weights, acc).reshape(B * k, P)
         skip = (_host(scores) == -math.inf).reshape(B * k)
-        blocks = _launch(B * k * P * d * E_h.itemsize, B * k)
         if half:
+            blocks = _launch(B * k * P * d * E_h.itemsize, B * k)
             _run(_kernels.gather_sum_half, idx, w, skip, E_h, out, blocks, half)
+        elif _by_row(B, P, d * E_h.itemsize):
+            _run(_kernels.gather_sum_by_row, idx, w, skip, E_h, out, _launch(B * n * d * E_h.itemsize, B))
         else:
+            blocks = _launch(B * k * P * d * E_h.itemsize, B * k)
             _run(_kernels.gather_sum, idx, w, skip, E_h, out, blocks)
     return _wrap(out.reshape(B, k, d), E, half=half)
 

@@ -180,6 +180,57 @@ def gather_sum(idx, w, skip, E, out, chunks):  # pragma: no cover -- compiled
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
+def gather_sum_by_row(idx, w, skip, E, out, chunks):  # pragma: no cover -- compiled
+    """:func:`gather_sum` reading E in row order: parallel over ``chunks`` blocks of batch rows.
+
+    Per batch row, the (slot, weight) pairs of its members are grouped by row
+    (a counting sort of ``idx``, O(n + k P)); then E is read front to back,
+    once, each row added into the output rows of its pairs (a slot's members
+    repeated for padding or masks are visited once per pair, as in
+    :func:`gather_sum`). E streams as in a plain sum (measured: 1.0-1.7x the time of
+    reading E against 1.6-3x for the plan order at d = 256, one thread); the
+    output rows of a batch row are reused from cache when they are few.
+    """
+    S, P = idx.shape
+    B, n, d = E.shape
+    k = S // B if B else 1
+    step = (B + chunks - 1) // chunks
+    for c in prange(chunks):
+        start = np.empty(n + 1, np.int64)
+        pair_slot = np.empty(k * P, np.int64)
+        pair_w = np.empty(k * P, w.dtype)
+        for b in range(c * step, min(B, (c + 1) * step)):
+            start[:] = 0
+            for s in range(b * k, (b + 1) * k):
+                if not skip[s]:
+                    for q in range(P):
+                        start[idx[s, q] + 1] += 1
+            for i in range(n):
+                start[i + 1] += start[i]
+            for s in range(b * k, (b + 1) * k):
+                if not skip[s]:
+                    for q in range(P):
+                        row = idx[s, q]
+                        at = start[row]
+                        start[row] = at + 1
+                        pair_slot[at] = s
+                        pair_w[at] = w[s, q]
+            out[b * k : (b + 1) * k] = 0  # start[i] is now the end of row i's pairs
+            Eb = E[b]
+            at = 0
+            for i in range(n):
+                end = start[i]
+                if at < end:
+                    e = Eb[i]
+                    while at < end:
+                        o = out[pair_slot[at]]
+                        wt = pair_w[at]
+                        for j in range(d):
+                            o[j] += wt * e[j]
+                        at += 1
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
 def gather_sum_half(idx, w, skip, E, out, chunks, half):  # pragma: no cover -- compiled
     """:func:`gather_sum` for half precision E and ``out`` given as uint16 bits; float32 sums."""
     S, P = idx.shape
@@ -550,6 +601,9 @@ def _tournament_row(
     pos = np.empty(m, np.int64)
     itmp = np.empty(m, np.int64)
     runs = np.empty(m + 1, np.int64)
+    ukeys = np.empty(m, np.uint64)
+    utmp = np.empty(m, np.uint64)
+    hist = np.empty((passes, 1 << _DIGIT_BITS), np.int64)
     M = m
     full_off = 0
     half_off = 0
@@ -557,15 +611,8 @@ def _tournament_row(
         h = M // 2
         o = orders[full_off + b * M : full_off + (b + 1) * M]
         sw = sorted_w[full_off + b * M : full_off + (b + 1) * M]
-        if M == m and M >= _RADIX_MIN:
-            _radix_order(
-                cur,
-                o,
-                np.empty(M, np.uint64),
-                np.empty(M, np.uint64),
-                itmp,
-                np.empty((passes, 1 << _DIGIT_BITS), np.int64),
-            )
+        if M >= _RADIX_MIN:
+            _radix_order(cur[:M], o, ukeys[:M], utmp[:M], itmp[:M], hist)
             for i in range(M):
                 keys[i] = cur[o[i]]
         else:
@@ -617,6 +664,10 @@ def _tournament_row(
     if by_input:
         for j in range(k):
             pos[j] = j
+    elif k >= _RADIX_MIN:
+        _radix_order(cur[:k], perm, ukeys[:k], utmp[:k], itmp[:k], hist)
+        for j in range(k):
+            pos[j] = perm[j]
     else:
         for j in range(k):
             keys[j] = cur[j]
