@@ -258,10 +258,18 @@ class TopKFunction(torch.autograd.Function):
         ctx.mark_non_differentiable(*saved)
         ctx.save_for_backward(E, v, mask, *saved)
         ctx.settings = tuple(settings[:-1])  # without ``record``
+        # no zero cotangents for the record's many tensors (each a fill, and a parallel region
+        # that waits for a descheduled thread when another process keeps a core busy)
+        ctx.set_materialize_grads(False)
 
     @staticmethod
-    def backward(ctx: Any, d_values: Tensor, d_scores: Tensor, *_: Any) -> tuple[Any, ...]:
+    def backward(ctx: Any, d_values: Tensor | None, d_scores: Tensor | None, *_: Any) -> tuple[Any, ...]:
         E, v, mask, *saved = ctx.saved_tensors
+        k = ctx.settings[0]
+        if d_values is None:
+            d_values = E.new_zeros((*v.shape[:-1], k, E.shape[-1]))
+        if d_scores is None:
+            d_scores = v.new_zeros((*v.shape[:-1], k))
         need_dE, need_dv = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
         args = (E, v, mask, d_values, d_scores, saved, *ctx.settings, need_dE, need_dv)
         # grad mode is on only when the gradient itself may be differentiated (create_graph=True,
