@@ -288,9 +288,10 @@ def rows_backward(dv, slot_of_row, weight_of_row, E, dE, dw, need_dE, need_dw, z
     N = B * n
     step = (N + chunks - 1) // chunks
     for c in prange(chunks):
-        for i in range(c * step, min(N, (c + 1) * step)):
-            b = i // n
-            r = i - b * n
+        lo = c * step
+        b = lo // n  # (b, r) of row lo, then stepped: no division per row
+        r = lo - b * n
+        for _ in range(lo, min(N, lo + step)):
             g = dv[b, slot_of_row[b, r]]
             if need_dw:
                 dw[b, r] = _dot(g, E[b, r], zero)
@@ -299,6 +300,10 @@ def rows_backward(dv, slot_of_row, weight_of_row, E, dE, dw, need_dE, need_dw, z
                 o = dE[b, r]
                 for j in range(d):
                     o[j] = wt * g[j]
+            r += 1
+            if r == n:
+                r = 0
+                b += 1
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -309,9 +314,10 @@ def rows_backward_half(dv, slot_of_row, weight_of_row, E, dE, dw, need_dE, need_
     step = (N + chunks - 1) // chunks
     for c in prange(chunks):
         row = np.empty(d, np.float32)
-        for i in range(c * step, min(N, (c + 1) * step)):
-            b = i // n
-            r = i - b * n
+        lo = c * step
+        b = lo // n
+        r = lo - b * n
+        for _ in range(lo, min(N, lo + step)):
             g = dv[b, slot_of_row[b, r]]
             if need_dw:
                 e = E[b, r]
@@ -323,6 +329,10 @@ def rows_backward_half(dv, slot_of_row, weight_of_row, E, dE, dw, need_dE, need_
                 o = dE[b, r]
                 for j in range(d):
                     o[j] = _narrow(wt * g[j], half)
+            r += 1
+            if r == n:
+                r = 0
+                b += 1
 
 
 # ---------------------------------------------------------------- the tournament
@@ -732,11 +742,14 @@ def _tournament_row(
                 ind[q] = pos[q]
                 wts[q] = w[q]
     if record:
-        for q in range(m):
-            row = pos[q]
-            if row < n:
-                slot_of_row[b, row] = q // P
-                weight_of_row[b, row] = wts[q]
+        slots = slot_of_row[b]
+        wrow = weight_of_row[b]
+        for j in range(k):
+            for q in range(j * P, (j + 1) * P):
+                row = pos[q]
+                if row < n:
+                    slots[row] = j
+                    wrow[row] = wts[q]
         for j in range(k):
             inv_perm[b, perm[j]] = j
 
