@@ -526,11 +526,21 @@ def tournament(
     ``slot_of_row``/``weight_of_row`` (B, n) and ``inv_perm`` (B, k). ``passes``:
     radix passes of the first round's sort (3 for float32 scores, 6 for float64).
     """
-    B = s.shape[0]
+    B, m = s.shape
     step = (B + chunks - 1) // chunks
     for c in prange(chunks):
+        # scratch of one thread, reused row after row (rows of 16k scores or more would
+        # otherwise be fresh memory -- page faults -- for every row)
+        fbuf = np.empty((3, m), s.dtype)
+        ibuf = np.empty((6, m + 1), np.int64)
+        ubuf = np.empty((2, m), np.uint64)
+        hist = np.empty((passes, 1 << _DIGIT_BITS), np.int64)
         for b in range(c * step, min(B, (c + 1) * step)):
             _tournament_row(
+                fbuf,
+                ibuf,
+                ubuf,
+                hist,
                 b,
                 s,
                 valid,
@@ -562,6 +572,10 @@ def tournament(
 
 @njit(cache=True, error_model="numpy")
 def _tournament_row(
+    fbuf,
+    ibuf,
+    ubuf,
+    hist,
     b,
     s,
     valid,
@@ -591,7 +605,8 @@ def _tournament_row(
 ):  # pragma: no cover -- compiled
     """Batch row ``b`` of :func:`tournament` (a function of its own: Numba compiles a parallel
     loop around a call much faster than around a large body). The first round's
-    order is sorted here too: by radix for long rows (:func:`_radix_order`)."""
+    order is sorted here too: by radix for long rows (:func:`_radix_order`).
+    ``fbuf``/``ibuf``/``ubuf``/``hist`` are the calling thread's scratch."""
     B, m = s.shape
     n = slot_of_row.shape[1]
     P = m // k
@@ -605,15 +620,11 @@ def _tournament_row(
         consts[6],
         consts[7],
     )
-    cur = s[b].copy()
-    keys = np.empty(m, s.dtype)
-    ktmp = np.empty(m, s.dtype)
-    pos = np.empty(m, np.int64)
-    itmp = np.empty(m, np.int64)
-    runs = np.empty(m + 1, np.int64)
-    ukeys = np.empty(m, np.uint64)
-    utmp = np.empty(m, np.uint64)
-    hist = np.empty((passes, 1 << _DIGIT_BITS), np.int64)
+    cur, keys, ktmp = fbuf[0], fbuf[1], fbuf[2]
+    cur[:] = s[b]
+    pos, itmp, runs = ibuf[0, :m], ibuf[1, :m], ibuf[2]
+    perm, key, key_tmp = ibuf[3, :k], ibuf[4, :k], ibuf[5, :k]
+    ukeys, utmp = ubuf[0], ubuf[1]
     M = m
     full_off = 0
     half_off = 0
@@ -670,7 +681,6 @@ def _tournament_row(
         M = h
 
     # final order of the slots; expansion top-down, in place, from the last round
-    perm = np.empty(k, np.int64)
     if by_input:
         for j in range(k):
             pos[j] = j
@@ -705,7 +715,6 @@ def _tournament_row(
         M = M2
     vb = valid[b]
     if by_input:
-        key = np.empty(k, np.int64)
         for j in range(k):
             top = neg_inf
             for q in range(j * P, (j + 1) * P):
@@ -718,7 +727,7 @@ def _tournament_row(
                         first = pos[q]
             key[j] = -first
             perm[j] = j
-        _sort_desc(key, perm, np.empty(k, np.int64), itmp[:k], runs)
+        _sort_desc(key, perm, key_tmp, itmp[:k], runs)
         for j in range(k):
             src = perm[j] * P
             for q in range(P):
@@ -800,33 +809,52 @@ def tournament_backward(
     (recorded). ``consts``: 0, the largest finite value, boost, ``ln b``,
     ``ln ln b``, the two exp caps and ``big / 4`` (power), 1, in the scores' dtype.
     """
-    B = dw_items.shape[0]
+    B, m = dw_items.shape
     step = (B + chunks - 1) // chunks
     for c in prange(chunks):
+        buf = np.empty((7, m), dw_items.dtype)  # the thread's scratch, reused row after row
         for b in range(c * step, min(B, (c + 1) * step)):
             _tournament_backward_row(
-                b, orders, sorted_w, w_hi, w_lo, s_hi0, s_lo0, gap, t, lo_valid, dw_items, d_scores, consts, power, out
+                buf,
+                b,
+                orders,
+                sorted_w,
+                w_hi,
+                w_lo,
+                s_hi0,
+                s_lo0,
+                gap,
+                t,
+                lo_valid,
+                dw_items,
+                d_scores,
+                consts,
+                power,
+                out,
             )
 
 
 @njit(cache=True, error_model="numpy")
 def _tournament_backward_row(
-    b, orders, sorted_w, w_hi, w_lo, s_hi0, s_lo0, gap, t, lo_valid, dw_items, d_scores, consts, power, out
+    buf, b, orders, sorted_w, w_hi, w_lo, s_hi0, s_lo0, gap, t, lo_valid, dw_items, d_scores, consts, power, out
 ):  # pragma: no cover -- compiled
     """Batch row ``b`` of :func:`tournament_backward`: ``Q`` bottom-up, then ``sigma`` and ``D``
     top-down."""
     B, m = dw_items.shape
     k = d_scores.shape[1]
     zero, big, boost, log_log_b, one = consts[0], consts[1], consts[2], consts[4], consts[8]
-    dQ = np.empty(max(m - k, 1), dw_items.dtype)  # round r's pairs at m - M_r
-    Q = dw_items[b].copy()
+    dQ = buf[2]  # round r's pairs at m - M_r
+    Q = buf[0]
+    Q[:] = dw_items[b]
     M = m
     fo = 0
+    flip = 1
     while M > k:
         h = M // 2
         o = orders[fo + b * M : fo + (b + 1) * M]
         sw = sorted_w[fo + b * M : fo + (b + 1) * M]
-        Qn = np.empty(h, Q.dtype)
+        Qn = buf[flip, :h]
+        flip = 1 - flip
         for i in range(h):
             qh = Q[o[i]]
             ql = Q[o[M - 1 - i]]
@@ -835,16 +863,20 @@ def _tournament_backward_row(
         Q = Qn
         fo += B * M
         M = h
-    sigma = d_scores[b].copy()
-    D = np.ones(k, dw_items.dtype)
+    sigma = buf[3, :k]
+    sigma[:] = d_scores[b]
+    D = buf[5, :k]
+    D[:] = one
+    flip = 0
     while M < m:
         M2 = 2 * M
         fo = B * (2 * m - 2 * M2)
         ho = B * (m - M2) + b * M
         o = orders[fo + b * M2 : fo + (b + 1) * M2]
         sw = sorted_w[fo + b * M2 : fo + (b + 1) * M2]
-        sigma2 = np.empty(M2, sigma.dtype)
-        D2 = np.empty(M2, D.dtype)
+        sigma2 = buf[4 - flip, :M2]
+        D2 = buf[6 - flip, :M2]
+        flip = 1 - flip
         for i in range(M):
             dq = D[i] * dQ[m - M2 + i]
             si = sigma[i]
