@@ -8,6 +8,7 @@ works without Numba.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import array_api_compat.numpy as xp_np
@@ -332,10 +333,22 @@ def test_threads_per_call():
     assert cpu.threads_for(4, 0, 10, 1) == 1
 
 
-def test_busy_cores_is_a_count():
-    cpu.available()
-    cpu._busy_at = -1.0
+def test_busy_cores_from_cpu_time():
+    """Other processes' cores: all CPU time minus this process's own, per second of wall clock."""
+    assert cpu.busy_cores((0.0, 100.0, 5.0), (0.1, 100.2, 5.1)) == 1  # 0.2 s of CPU, 0.1 s ours
+    assert cpu.busy_cores((0.0, 100.0, 5.0), (0.1, 100.2, 5.2)) == 0  # all of it ours (2 threads)
+    assert cpu.busy_cores((0.0, 100.0, 5.0), (0.5, 101.5, 5.0)) == 3
+    assert cpu.busy_cores((0.0, 100.0, 5.0), (0.1, 100.0, 5.1)) == 0  # tick rounding never negative
+    assert cpu.busy_cores((1.0, 100.0, 5.0), (1.0, 101.0, 5.0)) == 0  # no time passed
+
+
+def test_busy_is_a_count(monkeypatch):
+    """Fresh, windowed and stale estimates are all counts of cores (Linux counters read)."""
+    monkeypatch.setattr(cpu, "_sample", None)
     assert cpu._busy() >= 0 and cpu._running_threads_of_this_process() >= 1
+    assert cpu._sample is not None
+    monkeypatch.setattr(cpu, "_sample", (cpu._sample[0] - 0.2, cpu._sample[1], cpu._sample[2]))
+    assert 0 <= cpu._busy() <= os.cpu_count()
 
 
 @pytest.fixture

@@ -14,11 +14,13 @@ Parallelism is decided per call, never left to a library's thread pool: a
 kernel call gets ``min(idle cores, work / WORK_PER_THREAD)`` threads, so
 small calls run on one thread, a call never waits on more threads than its
 work can keep busy, and a core that another process keeps busy is not
-counted (a parallel region waits for its slowest thread). Its work is split
+counted (a parallel region waits for its slowest thread; other processes'
+cores are estimated from their CPU time, see :func:`_busy`). Its work is split
 into a few blocks per thread, handed out dynamically, so a thread that is
-slowed anyway takes fewer blocks instead of holding the others up. Each operator call makes at
-most two parallel calls (the gather-sum; the rows backward), not one per
-small step; the tournament and its backward run on the calling thread.
+slowed anyway takes fewer blocks instead of holding the others up. A forward
+makes two parallel calls (the tournament, over batch rows; the gather-sum),
+a backward two more (the tournament's backward; the rows backward), never one
+per small step.
 """
 
 from __future__ import annotations
@@ -155,10 +157,6 @@ def _cores() -> int:
     return max(1, min(_numba.config.NUMBA_NUM_THREADS, mine))
 
 
-_busy_at = -1.0
-_busy_cores = 0
-
-
 def _running_threads_of_this_process() -> int:
     """Threads of this process that are running or runnable now (state ``R``), this one included."""
     count = 0
@@ -172,20 +170,64 @@ def _running_threads_of_this_process() -> int:
     return max(1, count)
 
 
+def _runnable_elsewhere() -> int:
+    """Runnable threads (Linux ``procs_running``) that are not this process's own, now."""
+    with open("/proc/stat", "rb") as f:
+        running = next(int(line.split()[1]) for line in f if line.startswith(b"procs_running"))
+    return max(0, running - _running_threads_of_this_process()) if running > 1 else 0
+
+
+def _cpu_seconds() -> tuple[float, float, float]:
+    """(wall clock, CPU seconds of every process, CPU seconds of this process), now."""
+    with open("/proc/stat", "rb") as f:
+        fields = f.readline().split()  # cpu user nice system idle iowait irq softirq steal ...
+    busy = sum(int(x) for i, x in enumerate(fields[1:8], 1) if i not in (4, 5)) / _CLK_TCK
+    t = os.times()
+    return time.monotonic(), busy, t.user + t.system
+
+
+def busy_cores(before: tuple[float, float, float], after: tuple[float, float, float]) -> int:
+    """Cores other processes kept busy between two :func:`_cpu_seconds` samples, rounded.
+
+    The CPU time of every process minus this process's own (its threads that spin
+    after a parallel region count as its own, whatever state they are in at the
+    moment of sampling), per second of wall clock.
+    """
+    wall = after[0] - before[0]
+    if wall <= 0:
+        return 0
+    others = (after[1] - before[1]) - (after[2] - before[2])
+    return max(0, round(others / wall))
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+#: Seconds over which other processes' CPU time is averaged (at least; at most :data:`_STALE`).
+_WINDOW = 0.05
+#: A window older than this no longer says what runs now: the instantaneous count is used.
+_STALE = 1.0
+_sample: tuple[float, float, float] | None = None
+_busy_cores = 0
+
+
 def _busy() -> int:
-    """Cores busy with other processes now: runnable threads (Linux ``procs_running``) that are
-    not this process's own (a thread pool that spins after a parallel region is not a
-    neighbour), re-read at most every 50 ms; 0 where those counts are not available."""
-    global _busy_at, _busy_cores
-    now = time.monotonic()
-    if now - _busy_at > 0.05:
-        _busy_at = now
-        try:
-            with open("/proc/stat", "rb") as f:
-                running = next(int(line.split()[1]) for line in f if line.startswith(b"procs_running"))
-            _busy_cores = max(0, running - _running_threads_of_this_process()) if running > 1 else 0
-        except (OSError, ValueError, StopIteration):
-            _busy_cores = 0
+    """Cores busy with other processes now, re-estimated at most every 50 ms; 0 where Linux's
+    counters are not available.
+
+    From the CPU time other processes used since the last estimate (50 ms to
+    1 s ago): a count of runnable threads at one instant miscounts this
+    process's own pool threads that spin, then sleep, while it is read. After a
+    longer pause, from the instantaneous count of runnable threads instead.
+    """
+    global _sample, _busy_cores
+    try:
+        now = _cpu_seconds()
+        age = now[0] - _sample[0] if _sample is not None else math.inf
+        if age < _WINDOW:
+            return _busy_cores
+        _busy_cores = busy_cores(_sample, now) if age <= _STALE else _runnable_elsewhere()
+        _sample = now
+    except (OSError, ValueError, StopIteration, IndexError):
+        _busy_cores = 0
     return _busy_cores
 
 
