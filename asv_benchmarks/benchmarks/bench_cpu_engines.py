@@ -3,14 +3,17 @@
 Successive halving on the CPU backends (``numpy``, ``torch:cpu``), batch 16,
 float32, with ``SHTOPK_KERNELS`` set to each engine (``numba`` is skipped
 where Numba is not installed; ``numpy`` serves only NumPy arrays). ``setup``
-makes the first call, so compilation is not timed; ``asv_benchmarks/cpu_table.py
---compile`` reports that first-call cost.
+makes the first call, so compilation is not timed there; :class:`FirstCall`
+tracks that first-call cost (as ``asv_benchmarks/cpu_table.py --compile``).
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import subprocess
+import sys
+import tempfile
 
 from .common import cotangent, forward_backward, inputs, library, operator
 
@@ -59,3 +62,39 @@ class Engines:
 
     def time_forward_backward(self, backend, engine, n, k, d):
         self.run()
+
+
+_FIRST_CALL = """
+import time
+import numpy as np, shtopk
+rng = np.random.default_rng(0)
+E = rng.normal(size=(2, 64, 8)).astype(np.float32)
+v = rng.normal(size=(2, 64)).astype(np.float32)
+c0 = time.process_time()
+out, pullback = shtopk.vjp.successive_halving_topk(E, v, 4)
+pullback(np.ones_like(out.values))
+print(time.process_time() - c0)
+"""
+
+
+class FirstCall:
+    """CPU seconds of the first forward+backward (float32 NumPy) in a fresh process with an empty
+    Numba cache: the compilation a user waits for once per machine and dtype, tracked so that a
+    kernel change that compiles slower shows up."""
+
+    timeout = 600
+    number = 1
+    repeat = 1
+    unit = "seconds"
+
+    def setup(self):
+        _use("numpy", "numba")
+        os.environ.pop("SHTOPK_KERNELS", None)
+
+    def track_first_call_cpu_seconds(self):
+        with tempfile.TemporaryDirectory() as cache:
+            env = dict(os.environ, NUMBA_CACHE_DIR=cache, SHTOPK_KERNELS="numba")
+            out = subprocess.run([sys.executable, "-c", _FIRST_CALL], env=env, capture_output=True, text=True)
+        if out.returncode:
+            raise RuntimeError(out.stderr)
+        return float(out.stdout)
