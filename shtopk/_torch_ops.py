@@ -38,7 +38,7 @@ from torch import Tensor
 from ._core.hard import hard_selection
 from ._core.plan import Round, Selection, n_rounds
 from ._kernels import host_inputs
-from ._kernels.cpu import numpy_view
+from ._kernels.cpu import numpy_view, round_columns, stacked
 from ._operators import HardTopK, IterativeSoftmax, SuccessiveHalving
 from ._validation import check_inputs
 
@@ -127,14 +127,13 @@ def _topk_fake(E, v, mask, k, method, boost, weighting, order, alpha, record):
 
 
 def selection_layout(B: Any, n: int, k: int) -> list[tuple[tuple[Any, ...], str]]:
-    """Shapes and kinds (``"index"``, ``"float"``, ``"bool"``) of :func:`pack_selection`'s tensors."""
-    R = n_rounds(n, k)
-    m = k << R
-    layout = []
-    for r in range(R):
-        M = m >> r
-        layout += [((B, M), "index"), ((B, M), "float")]  # order, sorted_weights
-        layout += [((B, M // 2), "float")] * 6 + [((B, M // 2), "bool")]  # w_hi .. t, lo_valid
+    """Shapes and kinds (``"index"``, ``"float"``, ``"bool"``) of :func:`pack_selection`'s tensors:
+    one per :class:`~shtopk._core.plan.Round` field, the rounds side by side
+    (:func:`shtopk._kernels.cpu.round_columns`), then the row layout and ``inv_perm``."""
+    m = k << n_rounds(n, k)
+    full, half = (B, 2 * m - 2 * k), (B, m - k)
+    layout = [(full, "index"), (full, "float")]  # order, sorted_weights
+    layout += [(half, "float")] * 6 + [(half, "bool")]  # w_hi .. t, lo_valid
     return [*layout, ((B, n), "index"), ((B, n), "float"), ((B, k), "index")]
 
 
@@ -144,10 +143,24 @@ _ROUND_FIELDS = ("order", "sorted_weights", "w_hi", "w_lo", "s_hi", "s_lo", "gap
 def pack_selection(sel: Selection) -> list[Tensor]:
     """The tensors of a recorded selection that its backward reads, in :func:`selection_layout` order.
 
-    Views are copied (a custom op's outputs may not alias one another), and every
-    tensor is contiguous.
+    Each field of the rounds is one tensor, the rounds side by side: on the host
+    path, the very array the compiled tournament wrote them into (no copy);
+    otherwise one concatenation. Views are copied (a custom op's outputs may not
+    alias one another), and every tensor is contiguous.
     """
-    out = [getattr(rd, f) for rd in sel.rounds for f in _ROUND_FIELDS]
+    like = sel.weight_of_row
+    host = isinstance(like, np.ndarray)
+    kinds = {"order": np.int64, "lo_valid": np.bool_} if host else {"order": torch.int64, "lo_valid": torch.bool}
+    out = []
+    for name in _ROUND_FIELDS:
+        blocks = [getattr(rd, name) for rd in sel.rounds]
+        if not blocks:  # no rounds (k >= n): empty columns
+            dt = kinds.get(name, like.dtype)
+            out.append(np.empty((like.shape[0], 0), dt) if host else like.new_empty((like.shape[0], 0), dtype=dt))
+        elif host:
+            out.append(stacked(blocks))
+        else:
+            out.append(torch.cat(blocks, dim=-1))
     out += [sel.slot_of_row, sel.weight_of_row, sel.inv_perm]
     seen: set[int] = set()
     packed = []
@@ -165,11 +178,20 @@ def pack_selection(sel: Selection) -> list[Tensor]:
 
 
 def unpack_selection(saved: list[Tensor]) -> Selection:
-    """The inverse of :func:`pack_selection` (the fields the backward reads)."""
+    """The inverse of :func:`pack_selection` (the fields the backward reads; rounds as views)."""
     per = len(_ROUND_FIELDS)
-    R = (len(saved) - 3) // per
-    rounds = [Round(**dict(zip(_ROUND_FIELDS, saved[r * per : (r + 1) * per], strict=True))) for r in range(R)]
-    slot_of_row, weight_of_row, inv_perm = saved[R * per :]
+    fields, (slot_of_row, weight_of_row, inv_perm) = saved[:per], saved[per:]
+    k = inv_perm.shape[-1]
+    m = fields[2].shape[-1] + k
+    rounds = [
+        Round(
+            **{
+                name: f[:, full if i < 2 else half]
+                for i, (name, f) in enumerate(zip(_ROUND_FIELDS, fields, strict=True))
+            }
+        )
+        for full, half in round_columns(m, k)
+    ]
     return Selection(None, None, None, slot_of_row, weight_of_row, rounds, inv_perm)
 
 

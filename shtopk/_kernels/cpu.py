@@ -327,6 +327,21 @@ def rows_backward(
 # ---------------------------------------------------------------- the tournament
 
 
+def round_columns(m: int, k: int) -> list[tuple[slice, slice]]:
+    """Where each round of a tournament over ``m`` (padded) items down to ``k`` lies in the
+    arrays of its record, one array per :class:`~shtopk._core.plan.Round` field with the
+    rounds side by side: round ``r`` (``M = m >> r`` items, ``M / 2`` pairs) at columns
+    ``2m - 2M`` of the per-item fields (``order``, ``sorted_weights``: (B, 2m - 2k)) and
+    ``m - M`` of the per-pair fields (B, m - k). Returns ``(per-item columns, per-pair
+    columns)`` per round."""
+    out = []
+    M = m
+    while M > k:
+        out.append((slice(2 * m - 2 * M, 2 * m - M), slice(m - M, m - M + M // 2)))
+        M //= 2
+    return out
+
+
 def _consts(dtype: np.dtype, boost: float, weighting: str) -> np.ndarray:
     """Typed constants of the kernels: 0, 1, -inf, nan, boost, log(boost), the exp cap, the
     largest finite value."""
@@ -368,8 +383,8 @@ def tournament(
         valid_h = np.concatenate([valid_h, np.zeros((B, m - n), dtype=bool)], axis=-1)
     poison_h = _host(poison)
     masked = not (bool(valid_h.all()) and not bool(poison_h.any()))
-    full, half = B * (2 * m - 2 * k), B * (m - k)
-    rec_half = half if record else 0
+    full, half = (B, 2 * m - 2 * k), (B, m - k)
+    rec_half = half if record else (0, 0)
     orders = np.empty(full, np.int64)
     sorted_w = np.empty(full, dt)
     w_hi, w_lo = np.empty(half, dt), np.empty(half, dt)
@@ -412,19 +427,11 @@ def tournament(
             inv_perm,
             blocks,
         )
-    rounds = []
-    for r in range(R):
-        M = m >> r
-        fo, ho = B * (2 * m - 2 * M), B * (m - M)
-
-        def full_block(a: np.ndarray, fo: int = fo, M: int = M) -> Any:
-            return _wrap(a[fo : fo + B * M].reshape(B, M), s)
-
-        def half_block(a: np.ndarray, ho: int = ho, M: int = M) -> Any:
-            return _wrap(a[ho : ho + B * (M // 2)].reshape(B, M // 2), s)
-
-        extra = [half_block(a) for a in (s_hi0, s_lo0, gap, t, lo_valid)] if record else []
-        rounds.append(Round(full_block(orders), full_block(sorted_w), half_block(w_hi), half_block(w_lo), *extra))
+    fields = [orders, sorted_w, w_hi, w_lo, *((s_hi0, s_lo0, gap, t, lo_valid) if record else ())]
+    rounds = [
+        Round(*(_wrap(a[:, cols_full if i < 2 else cols_half], s) for i, a in enumerate(fields)))
+        for cols_full, cols_half in round_columns(m, k)
+    ]
     if not record:
         return Selection(_wrap(indices, s), _wrap(weights, s), _wrap(scores, s), rounds=rounds)
     return Selection(
@@ -438,23 +445,22 @@ def tournament(
     )
 
 
-def _flat(blocks: list[Any], dtype: Any) -> np.ndarray:
-    """The rounds' (B, M_r) blocks of one field as the flat round-major array :func:`tournament`
-    wrote them into: that array itself when the blocks are its views, else a copy."""
-    arrays = [_host(x, dtype) for x in blocks]
-    base = arrays[0].base
-    total = sum(a.size for a in arrays)
+def stacked(blocks: list[Any], dtype: Any = None) -> np.ndarray:
+    """The rounds' (B, M_r) blocks of one field side by side (:func:`round_columns`): the array
+    :func:`tournament` wrote them into when they are its views (of ``dtype``), else a copy."""
+    first = blocks[0]
+    base = first.base if isinstance(first, np.ndarray) else None
+    width = sum(x.shape[-1] for x in blocks)
     if (
         isinstance(base, np.ndarray)
-        and base.ndim == 1
-        and base.size == total
-        and base.dtype == arrays[0].dtype
+        and base.shape == (first.shape[0], width)
+        and (dtype is None or base.dtype == dtype)
         and base.flags.c_contiguous
-        and all(np.shares_memory(a, base) for a in arrays)
-        and arrays[0].__array_interface__["data"][0] == base.__array_interface__["data"][0]
+        and first.__array_interface__["data"][0] == base.__array_interface__["data"][0]
+        and all(isinstance(x, np.ndarray) and x.base is base for x in blocks)
     ):
         return base
-    return np.concatenate([a.reshape(-1) for a in arrays])
+    return np.concatenate([_host(x, dtype) for x in blocks], axis=-1)
 
 
 def _backward_consts(dtype: np.dtype, boost: float, weighting: str) -> np.ndarray:
@@ -490,7 +496,7 @@ def tournament_backward(xp: Any, sel: Selection, dw_items: Any, d_scores: Any, b
     B, m = dw_h.shape
 
     def field(name: str, dtype: Any = dt) -> np.ndarray:
-        return _flat([getattr(rd, name) for rd in sel.rounds], dtype)
+        return stacked([getattr(rd, name) for rd in sel.rounds], dtype)
 
     out = np.empty((B, m), dt)
     blocks = _launch(B * m * TOURNAMENT_BYTES_PER_ITEM, B)

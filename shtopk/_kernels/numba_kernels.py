@@ -517,11 +517,11 @@ def tournament(
     """:func:`shtopk._core.plan.tournament` for every batch row, in parallel over ``chunks``
     blocks of batch rows.
 
-    ``s``/``valid`` (B, m) are padded. The rounds are written round-major into
-    the flat arrays (round ``r`` is a (B, M_r) block, M_r = m >> r, at
-    ``B * (2m - 2 M_r)`` in ``orders``/``sorted_w`` and at ``B * (m - M_r)`` in
-    the per-pair arrays ``w_hi`` ... ``lo_valid``, which are written only with
-    ``record``, except ``w_hi``/``w_lo``). The selection goes to ``indices``,
+    ``s``/``valid`` (B, m) are padded. The rounds are written side by side into
+    one array per field (:func:`.cpu.round_columns`): round ``r`` (``M_r = m >> r``
+    items) at columns ``2m - 2 M_r`` of ``orders``/``sorted_w`` (B, 2m - 2k) and
+    at ``m - M_r`` of the per-pair arrays ``w_hi`` ... ``lo_valid`` (B, m - k),
+    which are written only with ``record``, except ``w_hi``/``w_lo``). The selection goes to ``indices``,
     ``weights`` (B, k * P), ``scores`` (B, k) and, with ``record``,
     ``slot_of_row``/``weight_of_row`` (B, n) and ``inv_perm`` (B, k). ``passes``:
     radix passes of the first round's sort (3 for float32 scores, 6 for float64).
@@ -607,7 +607,7 @@ def _tournament_row(
     loop around a call much faster than around a large body). The first round's
     order is sorted here too: by radix for long rows (:func:`_radix_order`).
     ``fbuf``/``ibuf``/``ubuf``/``hist`` are the calling thread's scratch."""
-    B, m = s.shape
+    m = s.shape[1]
     n = slot_of_row.shape[1]
     P = m // k
     zero, one, neg_inf, nan, boost, lb, cap, big = (
@@ -630,8 +630,8 @@ def _tournament_row(
     half_off = 0
     while M > k:
         h = M // 2
-        o = orders[full_off + b * M : full_off + (b + 1) * M]
-        sw = sorted_w[full_off + b * M : full_off + (b + 1) * M]
+        o = orders[b, full_off : full_off + M]
+        sw = sorted_w[b, full_off : full_off + M]
         if M >= _RADIX_MIN:
             _radix_order(cur[:M], o, ukeys[:M], utmp[:M], itmp[:M], hist)
             for i in range(M):
@@ -642,7 +642,7 @@ def _tournament_row(
                 pos[i] = i
             _sort_desc(keys[:M], pos[:M], ktmp[:M], itmp[:M], runs)
             o[:] = pos[:M]
-        base = half_off + b * h
+        wh_row, wl_row = w_hi[b, half_off : half_off + h], w_lo[b, half_off : half_off + h]
         for i in range(h):
             sh = keys[i]
             sl = keys[M - 1 - i]
@@ -668,16 +668,17 @@ def _tournament_row(
                 cur[i] = sh
             sw[i] = wh
             sw[M - 1 - i] = wl
-            w_hi[base + i] = wh
-            w_lo[base + i] = wl
+            wh_row[i] = wh
+            wl_row[i] = wl
             if record:
-                s_hi0[base + i] = sh0
-                s_lo0[base + i] = sl0
-                gap[base + i] = zero if sh0 == sl0 else min(sh0 - sl0, big)  # finite_gap
-                t_out[base + i] = t
-                lo_valid[base + i] = lv
-        full_off += B * M
-        half_off += B * h
+                p = half_off + i
+                s_hi0[b, p] = sh0
+                s_lo0[b, p] = sl0
+                gap[b, p] = zero if sh0 == sl0 else min(sh0 - sl0, big)  # finite_gap
+                t_out[b, p] = t
+                lo_valid[b, p] = lv
+        full_off += M
+        half_off += h
         M = h
 
     # final order of the slots; expansion top-down, in place, from the last round
@@ -701,9 +702,9 @@ def _tournament_row(
     width = k
     while M < m:
         M2 = M * 2
-        full_off -= B * M2
-        o = orders[full_off + b * M2 : full_off + (b + 1) * M2]
-        sw = sorted_w[full_off + b * M2 : full_off + (b + 1) * M2]
+        full_off -= M2
+        o = orders[b, full_off : full_off + M2]
+        sw = sorted_w[b, full_off : full_off + M2]
         for q in range(width - 1, -1, -1):
             p = pos[q]
             wq = w[q]
@@ -805,8 +806,8 @@ def tournament_backward(
     """:func:`shtopk._core.plan_backward.neutral_tournament_backward` for every batch row, in
     parallel over ``chunks`` blocks of batch rows, formula by formula.
 
-    The rounds' arrays are the flat round-major blocks of :func:`tournament`
-    (recorded). ``consts``: 0, the largest finite value, boost, ``ln b``,
+    The rounds' arrays are those :func:`tournament` writes (recorded), one per
+    field, rounds side by side (:func:`.cpu.round_columns`). ``consts``: 0, the largest finite value, boost, ``ln b``,
     ``ln ln b``, the two exp caps and ``big / 4`` (power), 1, in the scores' dtype.
     """
     B, m = dw_items.shape
@@ -840,7 +841,7 @@ def _tournament_backward_row(
 ):  # pragma: no cover -- compiled
     """Batch row ``b`` of :func:`tournament_backward`: ``Q`` bottom-up, then ``sigma`` and ``D``
     top-down."""
-    B, m = dw_items.shape
+    m = dw_items.shape[1]
     k = d_scores.shape[1]
     zero, big, boost, log_log_b, one = consts[0], consts[1], consts[2], consts[4], consts[8]
     dQ = buf[2]  # round r's pairs at m - M_r
@@ -851,8 +852,8 @@ def _tournament_backward_row(
     flip = 1
     while M > k:
         h = M // 2
-        o = orders[fo + b * M : fo + (b + 1) * M]
-        sw = sorted_w[fo + b * M : fo + (b + 1) * M]
+        o = orders[b, fo : fo + M]
+        sw = sorted_w[b, fo : fo + M]
         Qn = buf[flip, :h]
         flip = 1 - flip
         for i in range(h):
@@ -861,7 +862,7 @@ def _tournament_backward_row(
             Qn[i] = qh * sw[i] + ql * sw[M - 1 - i]
             dQ[m - M + i] = qh - ql
         Q = Qn
-        fo += B * M
+        fo += M
         M = h
     sigma = buf[3, :k]
     sigma[:] = d_scores[b]
@@ -870,10 +871,10 @@ def _tournament_backward_row(
     flip = 0
     while M < m:
         M2 = 2 * M
-        fo = B * (2 * m - 2 * M2)
-        ho = B * (m - M2) + b * M
-        o = orders[fo + b * M2 : fo + (b + 1) * M2]
-        sw = sorted_w[fo + b * M2 : fo + (b + 1) * M2]
+        fo = 2 * m - 2 * M2
+        ho = m - M2
+        o = orders[b, fo : fo + M2]
+        sw = sorted_w[b, fo : fo + M2]
         sigma2 = buf[4 - flip, :M2]
         D2 = buf[6 - flip, :M2]
         flip = 1 - flip
@@ -882,16 +883,16 @@ def _tournament_backward_row(
             si = sigma[i]
             p = ho + i
             if power:
-                tp = t[p]
+                tp = t[b, p]
                 log_ww = -tp - (one + one) * np.log1p(np.exp(-tp))
-                lv = lo_valid[p]
-                has_gap = lv and gap[p] > zero
-                log_gap = np.log(gap[p] if has_gap else one) + log_log_b
-                ds_hi = _power_side(s_hi0[p], dq, si, log_ww, lv, has_gap, log_gap, consts)
-                ds_lo = -_power_side(s_lo0[p], dq, si, log_ww, lv, has_gap, log_gap, consts)
+                lv = lo_valid[b, p]
+                has_gap = lv and gap[b, p] > zero
+                log_gap = np.log(gap[b, p] if has_gap else one) + log_log_b
+                ds_hi = _power_side(s_hi0[b, p], dq, si, log_ww, lv, has_gap, log_gap, consts)
+                ds_lo = -_power_side(s_lo0[b, p], dq, si, log_ww, lv, has_gap, log_gap, consts)
             else:
-                ww = w_hi[p] * w_lo[p]
-                ds_hi = _saturate(dq * (ww * boost) + si * (ww * _clip_max(t[p], big)), big)
+                ww = w_hi[b, p] * w_lo[b, p]
+                ds_hi = _saturate(dq * (ww * boost) + si * (ww * _clip_max(t[b, p], big)), big)
                 ds_lo = -ds_hi
             hi, lo = o[i], o[M2 - 1 - i]
             sigma2[hi] = _saturate(si * sw[i] + ds_hi, big)
