@@ -94,7 +94,10 @@ def _assert_same_selection(want, got, *, record):
 PLAN_CASES = [
     ((2,), 10, 3, "softmax", "score", {}),
     ((2, 2), 37, 5, "power", "input", {"masked": True}),
-    ((2,), 37, 1, "softmax", "score", {"ties": True}),
+    ((2,), 37, 1, "softmax", "score", {}),
+    # exact ties over one round: over many rounds, merged scores of different groups that are
+    # equal to within an ulp (another exp) may be ordered differently by the two (1 in 200 seeds)
+    ((2,), 37, 19, "softmax", "score", {"ties": True}),
     ((2,), 8, 8, "softmax", "input", {}),
     ((2,), 23, 23, "power", "score", {"masked": True}),
     ((3,), 19, 4, "softmax", "score", {"specials": True}),
