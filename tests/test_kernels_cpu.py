@@ -136,6 +136,28 @@ def test_radix_order_is_the_stable_descending_sort(rng, M, dtype):
     np.testing.assert_array_equal(order, np.argsort(-x, kind="stable"))
 
 
+@pytest.mark.parametrize("budget", [0, 10, 10**9])
+@pytest.mark.parametrize("shape", ["random", "nearly sorted", "tied"])
+def test_insertion_sort_and_its_fallback_are_stable(rng, shape, budget):
+    """The later rounds' insertion sort (within its move budget), or the merge sort it hands a
+    partly sorted row to when the budget runs out, gives NumPy's stable descending order."""
+    assert cpu.available()
+    kernels = cpu._kernels
+    M = 700
+    x = {
+        "random": rng.normal(size=M),
+        "nearly sorted": -np.arange(M) + rng.normal(scale=2.0, size=M),
+        "tied": rng.integers(-3, 3, M).astype(float),
+    }[shape]
+    keys, idx = x.copy(), np.arange(M)
+    done = kernels._insertion_sort_desc(keys, idx, budget)
+    assert done or budget < 10**9
+    if not done:
+        kernels._sort_desc(keys, idx, np.empty(M), np.empty(M, np.int64), np.empty(M + 1, np.int64))
+    np.testing.assert_array_equal(idx, np.argsort(-x, kind="stable"))
+    np.testing.assert_array_equal(keys, x[idx])
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("k", [16, 300, 3000])
 def test_tournament_long_rows_with_ties(rng, k, dtype):
