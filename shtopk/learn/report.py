@@ -1,4 +1,11 @@
-"""Aggregate the runs: mean +- std over seeds, the default rule, CSV files, tables and plots."""
+"""Aggregate the runs: mean +- std over seeds, the default rule, CSV files, tables and plots.
+
+The rule behind ``shtopk.DEFAULT_BOOST`` was fixed before the run it was
+applied to, in two phases on disjoint seeds: :func:`choose_default` picks a
+candidate on :data:`SELECTION_SEEDS` only; :func:`confirmation` then checks it
+on :data:`CONFIRMATION_SEEDS`, against the best top-k operator on those seeds
+(:func:`within_noise`), without changing the choice.
+"""
 
 from __future__ import annotations
 
