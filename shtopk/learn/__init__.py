@@ -1,7 +1,8 @@
 """The learning benchmark: does a scorer *learn* which items to keep through a top-k operator?
 
-Run ``python -m shtopk.learn`` (the full grid, 360 training runs: 14.4 minutes
-with ``--jobs 1`` on a 2-core VM, 2026-11-28) or ``python -m shtopk.learn --quick``
+Run ``python -m shtopk.learn`` (the full grid, 360 training runs: 13.2 minutes
+with the default ``--jobs 2``, 14.4 with ``--jobs 1``, on a 2-core VM that other
+jobs also used, 2026-11-28) or ``python -m shtopk.learn --quick``
 (one setting, one seed, a few operators; under a minute). ``--settings``,
 ``--operators`` and ``--seeds`` run part of the grid; ``--settings
 needles:1024:16`` runs the longer sequence, which is not part of the full run.

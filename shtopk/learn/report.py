@@ -190,7 +190,8 @@ def _seed_label(seeds) -> str:
 
 def table(rows: list[dict]) -> str:
     """Markdown table: per setting, per operator, mean +- std over the seeds of each phase."""
-    phases = [p for p in (SELECTION_SEEDS, CONFIRMATION_SEEDS) if any(r["seed"] in p for r in rows)]
+    ran = {r["seed"] for r in rows}
+    phases = [tuple(sorted(ran & set(p))) for p in (SELECTION_SEEDS, CONFIRMATION_SEEDS) if ran & set(p)]
     summaries = [summarize(rows, p) for p in phases]
     every = summarize(rows)
     ops = list(dict.fromkeys(r["operator"] for r in rows))
