@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,12 @@ def test_default_boost_is_what_the_committed_learning_benchmark_selects():
     rows = report.read_results(DOCS / "_static" / "learn" / "results.csv")
     settings = report.settings(rows)
     assert len(settings) >= 4 and {t for t, _, _ in settings} == {"digits", "needles"}
-    assert all(len({r["seed"] for r in rows if (r["task"], r["n"], r["k"]) == s}) >= 3 for s in settings)
+    seeds = defaultdict(list)
+    for r in rows:
+        seeds[(r["task"], r["n"], r["k"], r["operator"])].append(r["seed"])
+    phases = sorted(report.SELECTION_SEEDS + report.CONFIRMATION_SEEDS)
+    assert all(sorted(ran) == phases for ran in seeds.values())  # every run on every seed of both phases
+    assert report.choose_default(rows) == f"sh-softmax-{shtopk.DEFAULT_BOOST:g}"
     assert report.default_boost(rows) == shtopk.DEFAULT_BOOST
 
 

@@ -81,21 +81,86 @@ def _rows(spec):
     ]
 
 
-def test_default_rule_is_the_most_reliable_boost_then_the_largest():
+def test_default_rule_is_the_most_reliable_candidate_then_softmax_then_the_largest_boost():
     spec = {}
     for n in (1, 2):
         for b in SOFTMAX_BOOSTS:
             spec[(n, f"sh-softmax-{b:g}")] = [0.1, 0.1, 0.1]
         spec[(n, "iterative")] = [0.6, 0.7, 0.8]
         spec[(n, "oracle")] = [1.0, 1.0, 1.0]  # a reference: never "the best operator tried"
+        spec[(n, "sh-power-2")] = [0.1, 0.1, 0.1]
     spec[(1, "sh-softmax-1")] = spec[(2, "sh-softmax-1")] = [0.6, 0.6, 0.6]  # shortfall 0.1 on both
     spec[(1, "sh-softmax-3")] = [0.7, 0.7, 0.7]
     spec[(2, "sh-softmax-3")] = [0.1, 0.7, 0.7]  # fails on a seed: shortfall 0.2
-    assert report.shortfalls(_rows(spec))[1.0] == pytest.approx(0.1)
+    assert report.shortfalls(_rows(spec))["sh-softmax-1"] == pytest.approx(0.1)
     assert report.default_boost(_rows(spec)) == 1.0
     spec[(2, "sh-softmax-3")] = [0.6, 0.6, 0.62]  # shortfall 0.093: within 0.01 of boost 1's, and larger
-    assert report.default_boost(_rows(spec)) == 3.0
+    assert report.choose_default(_rows(spec)) == "sh-softmax-3" and report.default_boost(_rows(spec)) == 3.0
+    # power is compared (it can be the best) but never chosen, however small its shortfall
+    spec[(1, "sh-power-2")] = spec[(2, "sh-power-2")] = [0.8, 0.8, 0.8]
+    assert "sh-power-2" not in report.shortfalls(_rows(spec))
+    assert report.shortfalls(_rows(spec))["sh-softmax-3"] == pytest.approx(0.8 - (0.6 + 0.6 + 0.62) / 3)
+    assert report.choose_default(_rows(spec)) == "sh-softmax-3"
+    # within 0.01 of each other, a softmax boost goes before a scale-free one (no new option) ...
+    spec[(1, "sh-softmax-3")] = spec[(2, "sh-softmax-3")] = [0.795, 0.795, 0.795]
+    spec[(1, "sh-scalefree-1.5")] = spec[(2, "sh-scalefree-1.5")] = [0.8, 0.8, 0.8]
+    assert report.choose_default(_rows(spec)) == "sh-softmax-3"
+    # ... and a clearly more reliable scale-free candidate wins (of two equal ones, the larger boost)
+    spec[(1, "sh-softmax-3")] = spec[(2, "sh-softmax-3")] = [0.7, 0.7, 0.7]
+    spec[(1, "sh-scalefree-1")] = spec[(2, "sh-scalefree-1")] = [0.8, 0.8, 0.8]
+    assert report.choose_default(_rows(spec)) == "sh-scalefree-1.5" and report.default_boost(_rows(spec)) == 1.5
     assert report.within_noise((0.605, 0.3), (0.7, 0.1)) and not report.within_noise((0.58, 0.3), (0.7, 0.1))
+
+
+def test_confirmation_seeds_never_choose_and_are_judged_against_their_own_best():
+    spec = {}
+    for n in (1, 2):
+        spec[(n, "sh-softmax-1")] = [0.9, 0.9, 0.9, 0.9, 0.9, 0.9]
+        spec[(n, "sh-softmax-3")] = [0.5, 0.5, 0.5, 1.0, 1.0, 1.0]  # best, but only on the confirmation seeds
+        spec[(n, "iterative")] = [0.8, 0.8, 0.8, 0.5, 0.6, 0.7]
+    rows = _rows(spec)
+    assert report.SELECTION_SEEDS == (0, 1, 2) and report.CONFIRMATION_SEEDS == (3, 4, 5)
+    assert report.choose_default(rows) == "sh-softmax-1"  # the confirmation seeds play no part
+    checks = report.confirmation(rows, "sh-softmax-1")
+    assert [c[2] for c in checks] == ["sh-softmax-3", "sh-softmax-3"]
+    assert checks[0][1] == pytest.approx((0.9, 0.0)) and not any(c[-1] for c in checks)
+    assert not report.confirmed(rows, "sh-softmax-1") and report.confirmed(rows, "sh-softmax-3")
+    text = report.verdict(rows)
+    assert "within noise of the best top-k operator on 0 of 2 settings" in text
+    assert "every setting in the confirmation: sh-softmax-3." in text
+    spec[(2, "sh-softmax-1")] = [0.9, 0.9, 0.9, 0.995, 0.99, 0.995]  # mean 0.993 >= 1.0 - 0 - 0.01 on setting 2
+    rows = _rows(spec)
+    assert [c[-1] for c in report.confirmation(rows, "sh-softmax-1")] == [False, True]
+    table = report.boost_table(rows)
+    assert "Chosen by the rule on the selection seeds: **softmax, C = 1**" in table
+    assert "NOT within noise everywhere" in table
+    summary = report.table(rows)
+    assert "seeds 0-2" in summary and "seeds 3-5" in summary
+
+
+def test_cli_filters_name_what_they_reject(capsys):
+    with pytest.raises(SystemExit):
+        main(["--operators", "sh-softmax-1,nonsense"])
+    assert "nonsense" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--settings", "needles:65:4"])
+    assert "needles:1024:16" in capsys.readouterr().err  # the error lists the settings, the long one included
+    with pytest.raises(SystemExit):
+        main(["--seeds", "0,x"])
+    assert "comma-separated integers" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--jobs", "0"])
+    assert "--jobs" in capsys.readouterr().err
+
+
+def test_filters_select_settings_operators_and_seeds(tmp_path):
+    args = ["--out", str(tmp_path), "--jobs", "1", "--settings", "needles:64:4", "--operators", "straight-through"]
+    assert main([*args, "--seeds", "7"]) == 0
+    rows = report.read_results(tmp_path / "results.csv")
+    assert [(r["task"], r["n"], r["k"], r["operator"], r["seed"]) for r in rows] == [
+        ("needles", 64, 4, "straight-through", 7)
+    ]
+    assert not (tmp_path / "boost_table.md").exists()  # no candidate ran: no rule to apply
 
 
 def test_quick_mode_writes_its_outputs_and_the_default_learns(tmp_path):
