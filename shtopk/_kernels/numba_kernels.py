@@ -669,11 +669,11 @@ def _tournament_row(
             _radix_order(cur[:M], o, ukeys[:M], utmp[:M], itmp[:M], hist)
             for i in range(M):
                 keys[i] = cur[o[i]]
-        else:  # merged scores, mostly in order already: insertion, else a merge sort
+        else:  # short rows as given: a merge sort; merged scores (mostly in order): insertion first
             for i in range(M):
                 keys[i] = cur[i]
                 pos[i] = i
-            if not _insertion_sort_desc(keys[:M], pos[:M], _INSERTION_MOVES * M):
+            if M == m or not _insertion_sort_desc(keys[:M], pos[:M], _INSERTION_MOVES * M):
                 _sort_desc(keys[:M], pos[:M], ktmp[:M], itmp[:M], runs)
             o[:] = pos[:M]
         wh_row, wl_row = w_hi[b, half_off : half_off + h], w_lo[b, half_off : half_off + h]
