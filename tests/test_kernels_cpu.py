@@ -102,6 +102,11 @@ def test_tournament_equals_neutral(rng, case, special, mask, weighting, order):
     for name in ("weights", "scores", "weight_of_row"):
         assert getattr(got, name).dtype == getattr(want, name).dtype
         np.testing.assert_allclose(getattr(got, name), getattr(want, name), err_msg=name, **tol)
+    # without a record: the same selection, no rounds (kept in the kernel's scratch)
+    plain = cpu.tournament(xp_np, flat.s, flat.valid, flat.poison, k, **{**kw, "record": False})
+    assert plain.rounds == [] and plain.slot_of_row is None
+    for name in ("indices", "weights", "scores"):
+        np.testing.assert_array_equal(getattr(plain, name), getattr(got, name), err_msg=name)
     assert len(got.rounds) == len(want.rounds)
     for r, (a, b) in enumerate(zip(got.rounds, want.rounds, strict=True)):
         np.testing.assert_array_equal(a.order, b.order, err_msg=f"round {r} order")

@@ -369,7 +369,11 @@ def tournament(
     record: bool = False,
 ) -> Selection:
     """:func:`shtopk._core.plan.tournament`: the first round's sort, every round, the expansion,
-    the final order and the row layout in one kernel call, in parallel over batch rows."""
+    the final order and the row layout in one kernel call, in parallel over batch rows.
+
+    Without ``record`` the selection has no rounds (:class:`~shtopk._core.plan.Selection`
+    promises them only with it): the kernel keeps them in per-thread scratch, and a
+    forward allocates only its selection."""
     _require()
     s_h = _host(s)
     B, n = s_h.shape
@@ -383,13 +387,12 @@ def tournament(
         valid_h = np.concatenate([valid_h, np.zeros((B, m - n), dtype=bool)], axis=-1)
     poison_h = _host(poison)
     masked = not (bool(valid_h.all()) and not bool(poison_h.any()))
-    full, half = (B, 2 * m - 2 * k), (B, m - k)
-    rec_half = half if record else (0, 0)
+    # the rounds' record (B, 2m - 2k) per item, (B, m - k) per pair: only when recording
+    full, half = ((B, 2 * m - 2 * k), (B, m - k)) if record else ((0, 0), (0, 0))
     orders = np.empty(full, np.int64)
     sorted_w = np.empty(full, dt)
-    w_hi, w_lo = np.empty(half, dt), np.empty(half, dt)
-    s_hi0, s_lo0, gap, t = (np.empty(rec_half, dt) for _ in range(4))
-    lo_valid = np.empty(rec_half, bool)
+    w_hi, w_lo, s_hi0, s_lo0, gap, t = (np.empty(half, dt) for _ in range(6))
+    lo_valid = np.empty(half, bool)
     indices = np.empty((B, k, P), np.int64)
     weights = np.empty((B, k, P), dt)
     scores = np.empty((B, k), dt)
@@ -427,13 +430,13 @@ def tournament(
             inv_perm,
             blocks,
         )
-    fields = [orders, sorted_w, w_hi, w_lo, *((s_hi0, s_lo0, gap, t, lo_valid) if record else ())]
+    if not record:
+        return Selection(_wrap(indices, s), _wrap(weights, s), _wrap(scores, s))
+    fields = [orders, sorted_w, w_hi, w_lo, s_hi0, s_lo0, gap, t, lo_valid]
     rounds = [
         Round(*(_wrap(a[:, cols_full if i < 2 else cols_half], s) for i, a in enumerate(fields)))
         for cols_full, cols_half in round_columns(m, k)
     ]
-    if not record:
-        return Selection(_wrap(indices, s), _wrap(weights, s), _wrap(scores, s), rounds=rounds)
     return Selection(
         _wrap(indices, s),
         _wrap(weights, s),

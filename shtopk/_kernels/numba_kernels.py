@@ -550,11 +550,13 @@ def tournament(
     """:func:`shtopk._core.plan.tournament` for every batch row, in parallel over ``chunks``
     blocks of batch rows.
 
-    ``s``/``valid`` (B, m) are padded. The rounds are written side by side into
-    one array per field (:func:`.cpu.round_columns`): round ``r`` (``M_r = m >> r``
-    items) at columns ``2m - 2 M_r`` of ``orders``/``sorted_w`` (B, 2m - 2k) and
-    at ``m - M_r`` of the per-pair arrays ``w_hi`` ... ``lo_valid`` (B, m - k),
-    which are written only with ``record``, except ``w_hi``/``w_lo``). The selection goes to ``indices``,
+    ``s``/``valid`` (B, m) are padded. With ``record``, the rounds are written side
+    by side into one array per field (:func:`.cpu.round_columns`): round ``r``
+    (``M_r = m >> r`` items) at columns ``2m - 2 M_r`` of ``orders``/``sorted_w``
+    (B, 2m - 2k) and at ``m - M_r`` of the per-pair arrays ``w_hi`` ... ``lo_valid``
+    (B, m - k); without it, these arrays are empty and each thread keeps the
+    rounds of its current row in scratch (the expansion needs them), so a forward
+    writes no O(n) memory but the selection. The selection goes to ``indices``,
     ``weights`` (B, k * P), ``scores`` (B, k) and, with ``record``,
     ``slot_of_row``/``weight_of_row`` (B, n) and ``inv_perm`` (B, k). ``passes``:
     radix passes of the first round's sort (3 for float32 scores, 6 for float64).
@@ -568,6 +570,9 @@ def tournament(
         ibuf = np.empty((6, m + 1), np.int64)
         ubuf = np.empty((2, m), np.uint64)
         hist = np.empty((passes, 1 << _DIGIT_BITS), np.int64)
+        scratch = 0 if record else 2 * m - 2 * k
+        o_scratch = np.empty(scratch, np.int64)
+        sw_scratch = np.empty(scratch, s.dtype)
         for b in range(c * step, min(B, (c + 1) * step)):
             _tournament_row(
                 fbuf,
@@ -585,8 +590,8 @@ def tournament(
                 masked,
                 record,
                 passes,
-                orders,
-                sorted_w,
+                orders[b] if record else o_scratch,
+                sorted_w[b] if record else sw_scratch,
                 w_hi,
                 w_lo,
                 s_hi0,
@@ -639,6 +644,7 @@ def _tournament_row(
     """Batch row ``b`` of :func:`tournament` (a function of its own: Numba compiles a parallel
     loop around a call much faster than around a large body). The first round's
     order is sorted here too: by radix for long rows (:func:`_radix_order`).
+    ``orders``/``sorted_w`` are this row's (2m - 2k): of the record, or scratch.
     ``fbuf``/``ibuf``/``ubuf``/``hist`` are the calling thread's scratch."""
     m = s.shape[1]
     n = slot_of_row.shape[1]
@@ -663,8 +669,8 @@ def _tournament_row(
     half_off = 0
     while M > k:
         h = M // 2
-        o = orders[b, full_off : full_off + M]
-        sw = sorted_w[b, full_off : full_off + M]
+        o = orders[full_off : full_off + M]
+        sw = sorted_w[full_off : full_off + M]
         if M == m and M >= _RADIX_MIN:  # the scores as given: radix
             _radix_order(cur[:M], o, ukeys[:M], utmp[:M], itmp[:M], hist)
             for i in range(M):
@@ -676,7 +682,6 @@ def _tournament_row(
             if M == m or not _insertion_sort_desc(keys[:M], pos[:M], _INSERTION_MOVES * M):
                 _sort_desc(keys[:M], pos[:M], ktmp[:M], itmp[:M], runs)
             o[:] = pos[:M]
-        wh_row, wl_row = w_hi[b, half_off : half_off + h], w_lo[b, half_off : half_off + h]
         for i in range(h):
             sh = keys[i]
             sl = keys[M - 1 - i]
@@ -702,10 +707,10 @@ def _tournament_row(
                 cur[i] = sh
             sw[i] = wh
             sw[M - 1 - i] = wl
-            wh_row[i] = wh
-            wl_row[i] = wl
             if record:
                 p = half_off + i
+                w_hi[b, p] = wh
+                w_lo[b, p] = wl
                 s_hi0[b, p] = sh0
                 s_lo0[b, p] = sl0
                 gap[b, p] = zero if sh0 == sl0 else min(sh0 - sl0, big)  # finite_gap
@@ -737,8 +742,8 @@ def _tournament_row(
     while M < m:
         M2 = M * 2
         full_off -= M2
-        o = orders[b, full_off : full_off + M2]
-        sw = sorted_w[b, full_off : full_off + M2]
+        o = orders[full_off : full_off + M2]
+        sw = sorted_w[full_off : full_off + M2]
         for q in range(width - 1, -1, -1):
             p = pos[q]
             wq = w[q]
