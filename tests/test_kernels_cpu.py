@@ -137,7 +137,7 @@ def test_radix_order_is_the_stable_descending_sort(rng, M, dtype):
     order = np.empty(M, np.int64)
     passes = 3 if dtype == "float32" else 6
     scratch = np.empty(M, np.uint64), np.empty(M, np.uint64), np.empty(M, np.int64)
-    kernels._radix_order(x, order, *scratch, np.empty((passes, 2048), np.int64))
+    kernels._radix_order(x, order, *scratch, np.empty((passes, 2048), np.int32))
     np.testing.assert_array_equal(order, np.argsort(-x, kind="stable"))
 
 

@@ -63,7 +63,7 @@ def flatten(xp: Any, device: Any, E: Any, v: Any, mask: Any, k: int) -> Flat:
     B = math.prod(batch_shape)
     d = int(E.shape[-1]) if E is not None else 0
     E_flat = xp.reshape(E, (B, n, d)) if E is not None else None
-    s = xp.astype(xp.reshape(v, (B, n)), compute_dtype(xp, v.dtype))
+    s = xp.astype(xp.reshape(v, (B, n)), compute_dtype(xp, v.dtype), copy=False)  # where() below copies
     nan = xp.isnan(s)
     valid = s > -math.inf
     if mask is not None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import get_thread_id, njit, prange, types
 from numba.extending import intrinsic
 
 # ---------------------------------------------------------------- half precision
@@ -462,25 +462,33 @@ def _radix_order(x, order, keys, ktmp, itmp, hist):  # pragma: no cover -- compi
 
     A least-significant-digit radix sort of :func:`_descending_key` keys, 11 bits
     per pass: one pass counts every digit, then one scatter per digit that is not
-    the same for the whole row (three at most for float32). Linear in the row,
-    and stable, as the neutral core's sort. ``keys``/``ktmp`` (uint64),
-    ``itmp`` (int64) are scratch of the row's length, ``hist`` (passes, 2048).
+    the same for the whole row. Linear in the row, and stable, as the neutral
+    core's sort. ``hist`` (passes, 2048) int32: 3 passes for float32, whose 32-bit
+    key is packed with the position into one uint64 (half the bytes to move per
+    pass), 6 for float64 (the position moves beside the key, in ``itmp``).
+    ``keys``/``ktmp`` (uint64), ``itmp`` (int64) are scratch of the row's length
+    (rows under 2**32 items).
     """
     M = x.shape[0]
     passes = hist.shape[0]
+    packed = passes == 3
+    base = np.uint64(32) if packed else np.uint64(0)
     mask = np.uint64((1 << _DIGIT_BITS) - 1)
     hist[:] = 0
     for i in range(M):
         key = _descending_key(x[i])
+        if packed:
+            key = (key << base) | np.uint64(i)
+        else:
+            order[i] = i
         keys[i] = key
-        order[i] = i
         for p in range(passes):
-            hist[p, (key >> np.uint64(p * _DIGIT_BITS)) & mask] += 1
+            hist[p, (key >> (base + np.uint64(p * _DIGIT_BITS))) & mask] += 1
     src_k, src_i, dst_k, dst_i = keys, order, ktmp, itmp
     swapped = False
     for p in range(passes):
         h = hist[p]
-        shift = np.uint64(p * _DIGIT_BITS)
+        shift = base + np.uint64(p * _DIGIT_BITS)
         if h[(src_k[0] >> shift) & mask] == M:
             continue  # one digit value for the whole row: nothing moves
         total = 0
@@ -490,13 +498,19 @@ def _radix_order(x, order, keys, ktmp, itmp, hist):  # pragma: no cover -- compi
             total += c
         for i in range(M):
             key = src_k[i]
-            at = h[(key >> shift) & mask]
-            h[(key >> shift) & mask] = at + 1
+            digit = (key >> shift) & mask
+            at = h[digit]
+            h[digit] = at + 1
             dst_k[at] = key
-            dst_i[at] = src_i[i]
+            if not packed:
+                dst_i[at] = src_i[i]
         src_k, src_i, dst_k, dst_i = dst_k, dst_i, src_k, src_i
         swapped = not swapped
-    if swapped:
+    if packed:
+        low = np.uint64(0xFFFFFFFF)
+        for i in range(M):
+            order[i] = np.int64(src_k[i] & low)
+    elif swapped:
         order[:] = src_i
 
 
@@ -529,7 +543,6 @@ def tournament(
     by_input,
     masked,
     record,
-    passes,
     orders,
     sorted_w,
     w_hi,
@@ -545,6 +558,13 @@ def tournament(
     slot_of_row,
     weight_of_row,
     inv_perm,
+    fbufs,
+    ibufs,
+    kbufs,
+    ubufs,
+    hists,
+    o_scratch,
+    sw_scratch,
     chunks,
 ):  # pragma: no cover -- compiled
     """:func:`shtopk._core.plan.tournament` for every batch row, in parallel over ``chunks``
@@ -558,25 +578,31 @@ def tournament(
     rounds of its current row in scratch (the expansion needs them), so a forward
     writes no O(n) memory but the selection. The selection goes to ``indices``,
     ``weights`` (B, k * P), ``scores`` (B, k) and, with ``record``,
-    ``slot_of_row``/``weight_of_row`` (B, n) and ``inv_perm`` (B, k). ``passes``:
-    radix passes of the first round's sort (3 for float32 scores, 6 for float64).
+    ``slot_of_row``/``weight_of_row`` (B, n) and ``inv_perm`` (B, k). The rest is
+    scratch, one of each per thread (:func:`numba.get_thread_id`), allocated by
+    the caller (NumPy maps large arrays on huge pages, which a virtual machine
+    faults in several times faster than Numba's small ones): ``fbufs`` (T, 3, m) of
+    the scores' dtype, ``ibufs`` (T, 3, m + 1) and ``kbufs`` (T, 3, k) int64, ``ubufs``
+    (T, 2, m) uint64, ``hists`` (T, passes, 2048) int32 (radix passes of the first
+    round's sort: 3 for float32, 6 for float64), and without ``record`` the rounds
+    of the current row, ``o_scratch`` (T, 2m - 2k) int64 and ``sw_scratch``.
     """
-    B, m = s.shape
+    B = s.shape[0]
     step = (B + chunks - 1) // chunks
     for c in prange(chunks):
         # scratch of one thread, reused row after row (rows of 16k scores or more would
         # otherwise be fresh memory -- page faults -- for every row)
-        fbuf = np.empty((3, m), s.dtype)
-        ibuf = np.empty((6, m + 1), np.int64)
-        ubuf = np.empty((2, m), np.uint64)
-        hist = np.empty((passes, 1 << _DIGIT_BITS), np.int64)
-        scratch = 0 if record else 2 * m - 2 * k
-        o_scratch = np.empty(scratch, np.int64)
-        sw_scratch = np.empty(scratch, s.dtype)
+        tid = get_thread_id()
+        fbuf, ibuf, kbuf, ubuf, hist = fbufs[tid], ibufs[tid], kbufs[tid], ubufs[tid], hists[tid]
         for b in range(c * step, min(B, (c + 1) * step)):
+            if record:
+                o_row, sw_row = orders[b], sorted_w[b]
+            else:
+                o_row, sw_row = o_scratch[tid], sw_scratch[tid]
             _tournament_row(
                 fbuf,
                 ibuf,
+                kbuf,
                 ubuf,
                 hist,
                 b,
@@ -589,9 +615,8 @@ def tournament(
                 by_input,
                 masked,
                 record,
-                passes,
-                orders[b] if record else o_scratch,
-                sorted_w[b] if record else sw_scratch,
+                o_row,
+                sw_row,
                 w_hi,
                 w_lo,
                 s_hi0,
@@ -612,6 +637,7 @@ def tournament(
 def _tournament_row(
     fbuf,
     ibuf,
+    kbuf,
     ubuf,
     hist,
     b,
@@ -624,7 +650,6 @@ def _tournament_row(
     by_input,
     masked,
     record,
-    passes,
     orders,
     sorted_w,
     w_hi,
@@ -645,7 +670,7 @@ def _tournament_row(
     loop around a call much faster than around a large body). The first round's
     order is sorted here too: by radix for long rows (:func:`_radix_order`).
     ``orders``/``sorted_w`` are this row's (2m - 2k): of the record, or scratch.
-    ``fbuf``/``ibuf``/``ubuf``/``hist`` are the calling thread's scratch."""
+    ``fbuf``/``ibuf``/``kbuf``/``ubuf``/``hist`` are the calling thread's scratch."""
     m = s.shape[1]
     n = slot_of_row.shape[1]
     P = m // k
@@ -661,8 +686,13 @@ def _tournament_row(
     )
     cur, keys, ktmp = fbuf[0], fbuf[1], fbuf[2]
     cur[:] = s[b]
+    # finite scores (no invalid item, no +-inf) under the softmax weighting: the pairs'
+    # weights without the fix-ups for invalid members and infinite scores (the same values)
+    fast = not power
+    for i in range(m):
+        fast &= abs(cur[i]) <= big
     pos, itmp, runs = ibuf[0, :m], ibuf[1, :m], ibuf[2]
-    perm, key, key_tmp = ibuf[3, :k], ibuf[4, :k], ibuf[5, :k]
+    perm, key, key_tmp = kbuf[0], kbuf[1], kbuf[2]
     ukeys, utmp = ubuf[0], ubuf[1]
     M = m
     full_off = 0
@@ -682,6 +712,35 @@ def _tournament_row(
             if M == m or not _insertion_sort_desc(keys[:M], pos[:M], _INSERTION_MOVES * M):
                 _sort_desc(keys[:M], pos[:M], ktmp[:M], itmp[:M], runs)
             o[:] = pos[:M]
+        if fast:
+            for i in range(h):
+                sh = keys[i]
+                sl = keys[M - 1 - i]
+                e = np.exp(-(boost * (sh - sl)))
+                one_e = one + e
+                wh = one / one_e
+                wl = e / one_e
+                merged = wh * sh + wl * sl
+                cur[i] = merged
+                sw[i] = wh
+                sw[M - 1 - i] = wl
+                fast &= abs(merged) <= big  # (sums of two scores near the largest may round up)
+            if record:
+                for i in range(h):
+                    sh = keys[i]
+                    sl = keys[M - 1 - i]
+                    p = half_off + i
+                    w_hi[b, p] = sw[i]
+                    w_lo[b, p] = sw[M - 1 - i]
+                    s_hi0[b, p] = sh
+                    s_lo0[b, p] = sl
+                    gap[b, p] = zero if sh == sl else min(sh - sl, big)  # finite_gap
+                    t_out[b, p] = boost * (sh - sl)
+                    lo_valid[b, p] = True
+            full_off += M
+            half_off += h
+            M = h
+            continue
         for i in range(h):
             sh = keys[i]
             sl = keys[M - 1 - i]
