@@ -123,11 +123,12 @@ def test_tournament_equals_neutral(rng, case, special, mask, weighting, order):
     )
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(("dtype", "passes"), [("float32", 3), ("float32", 6), ("float64", 6)])
 @pytest.mark.parametrize("M", [256, 257, 1000, 4096])
-def test_radix_order_is_the_stable_descending_sort(rng, M, dtype):
+def test_radix_order_is_the_stable_descending_sort(rng, M, dtype, passes):
     """The first round's radix sort == NumPy's stable argsort of -x: ties (signed zeros
-    included) keep the lower position first; +-inf, subnormals and huge values in place."""
+    included) keep the lower position first; +-inf, subnormals and huge values in place.
+    float32 keys packed with their position (3 passes) or beside it (6, rows >= 2**32)."""
     cpu.available()
     kernels = cpu._kernels
     fin = np.finfo(dtype)
@@ -135,7 +136,6 @@ def test_radix_order_is_the_stable_descending_sort(rng, M, dtype):
     x = np.where(rng.random(M) < 0.3, rng.choice(pool, M), rng.integers(-4, 4, M) * rng.choice([1.0, 0.5, 1e-3], M))
     x = x.astype(dtype)
     order = np.empty(M, np.int64)
-    passes = 3 if dtype == "float32" else 6
     scratch = np.empty(M, np.uint64), np.empty(M, np.uint64), np.empty(M, np.int64)
     kernels._radix_order(x, order, *scratch, np.empty((passes, 2048), np.int32))
     np.testing.assert_array_equal(order, np.argsort(-x, kind="stable"))
@@ -280,6 +280,47 @@ def test_bfloat16_rounds_to_nearest_even_as_torch(rng):
         need_dw=False,
     )
     np.testing.assert_array_equal(dE.float().numpy()[0, 0], E.float().numpy()[0, 0])
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.9, 1.0 / 3.0])
+def test_tournament_of_scores_near_the_largest_float(rng, scale):
+    """Finite rows take the pair loop without fix-ups for infinities; merged scores of
+    values near float32's largest may round past it: the rounds after that must take the
+    full loop (no inf - inf = NaN), and the result is the neutral core's."""
+    big = np.finfo(np.float32).max * scale
+    v = np.where(rng.random((3, 600)) < 0.5, big, -big).astype(np.float32)
+    v[1] = big
+    v[2, ::3] = np.nextafter(np.float32(big), np.float32(0))
+    valid, poison = np.ones(v.shape, bool), np.zeros(3, bool)
+    kw = dict(boost=1.5, weighting="softmax", order="score", record=True)
+    got = cpu.tournament(xp_np, v, valid, poison, 5, **kw)
+    want = neutral_tournament(xp_np, v, valid, poison, 5, **kw)
+    assert not np.isnan(got.scores).any() and not np.isnan(got.weights).any()
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_allclose(got.weights, want.weights, **TOL["float32"])
+    np.testing.assert_allclose(got.scores, want.scores, **TOL["float32"])
+    for a, b in zip(got.rounds, want.rounds, strict=True):
+        for name in ("sorted_weights", "s_hi", "s_lo", "gap", "t"):
+            np.testing.assert_allclose(getattr(a, name), getattr(b, name), err_msg=name, **TOL["float32"])
+
+
+def test_scratch_is_carved_and_kept_when_small():
+    """Kernel scratch: disjoint, aligned, C-contiguous arrays of the asked shapes and dtypes
+    out of one block; a small block serves the thread's next call, a large one does not."""
+    layout = [((2, 3, 5), np.float32), ((2, 0), np.int64), ((3, 7), np.uint64), ((4,), np.int32)]
+    arrays = cpu.scratch(layout)
+    for a, (shape, dtype) in zip(arrays, layout, strict=True):
+        assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+        assert a.ctypes.data % 64 == 0 or a.size == 0
+    for i, a in enumerate(arrays):
+        a[...] = i + 1
+    for i, a in enumerate(arrays):
+        assert (a == i + 1).all()  # no overlap
+    again = cpu.scratch(layout)
+    assert again[0].ctypes.data == arrays[0].ctypes.data  # kept for the next call
+    huge = cpu.scratch([((cpu.SCRATCH_KEPT_BYTES + 8,), np.uint8)])[0]
+    assert cpu.scratch(layout)[0].ctypes.data == arrays[0].ctypes.data  # the large one was not kept
+    assert huge.base is not arrays[0].base
 
 
 def test_gather_sum_on_a_hand_made_plan(rng):

@@ -488,7 +488,8 @@ def scratch(layout: list[tuple[tuple[int, ...], Any]]) -> list[np.ndarray]:
     total = starts[-1]
     block = getattr(_kept, "block", None)
     if block is None or block.size < total:
-        block = np.empty(total, np.uint8)
+        raw = np.empty(total + 64, np.uint8)
+        block = raw[-raw.ctypes.data % 64 :][:total]  # 64-byte aligned (a cache line)
         if total <= SCRATCH_KEPT_BYTES:
             _kept.block = block
     return [
