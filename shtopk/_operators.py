@@ -14,7 +14,7 @@ from ._backward import baseline_backward, selection_backward
 from ._core.baseline import iterative_forward
 from ._core.flat import Flat
 from ._core.hard import hard_selection
-from ._kernels import gather_sum, tournament
+from ._kernels import gather_sum, selection_values, tournament
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,22 @@ class SuccessiveHalving:
         )
 
     def forward(self, flat: Flat, *, record: bool = False) -> tuple[Any, Any, Any]:
-        sel = self.plan(flat, record=record)
+        """``(values, scores, selection)``; without ``record`` the selection is None (an
+        engine may apply it without ever writing it to memory)."""
+        if not record:
+            values, scores = selection_values(
+                flat.xp,
+                flat.s,
+                flat.valid,
+                flat.poison,
+                flat.E,
+                flat.k,
+                boost=self.boost,
+                weighting=self.weighting,
+                order=self.order,
+            )
+            return values, scores, None
+        sel = self.plan(flat, record=True)
         return gather_sum(flat.xp, sel.indices, sel.weights, sel.scores, flat.E), sel.scores, sel
 
     def backward(

@@ -123,6 +123,53 @@ def test_tournament_equals_neutral(rng, case, special, mask, weighting, order):
     )
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("order", ["score", "input"])
+@pytest.mark.parametrize("weighting", ["softmax", "power"])
+@pytest.mark.parametrize("mask", [False, True])
+@pytest.mark.parametrize("special", [False, True])
+@pytest.mark.parametrize("case", CASES)
+def test_tournament_gather_is_tournament_then_gather(monkeypatch, rng, case, special, mask, weighting, order, dtype):
+    """The fused forward (no selection written) gives exactly the tournament's scores and its
+    row-order gather-sum's values, NaN of poisoned rows included; and the neutral ones to
+    float rounding. (One core, so that every batch size takes the row order.)"""
+    monkeypatch.setattr(cpu, "_cores", lambda: 1)
+    batch, n, k, d = case
+    E, v, keep = inputs(rng, batch, n, d, mask=mask, special=special)
+    flat = flatten_inputs(check_inputs(E.astype(dtype), v.astype(dtype), k, keep))
+    kw = dict(boost=3.0 if weighting == "softmax" else 20.0, weighting=weighting, order=order)
+    fused = cpu.tournament_gather(xp_np, flat.s, flat.valid, flat.poison, flat.E, k, **kw)
+    if flat.B * k == 0:
+        assert fused is None
+        return
+    values, scores = fused
+    sel = cpu.tournament(xp_np, flat.s, flat.valid, flat.poison, k, **kw)
+    np.testing.assert_array_equal(scores, sel.scores)
+    np.testing.assert_array_equal(values, cpu.gather_sum(xp_np, sel.indices, sel.weights, sel.scores, flat.E))
+    want = neutral_tournament(xp_np, flat.s, flat.valid, flat.poison, k, **kw)
+    reference = neutral_gather_sum(xp_np, want.indices, want.weights, want.scores, flat.E)
+    np.testing.assert_allclose(values, reference, **TOL[dtype])
+    assert values.dtype == flat.E.dtype and scores.dtype == flat.s.dtype
+
+
+def test_tournament_gather_declines(monkeypatch, rng):
+    """Half-precision E, E of another dtype than the scores, and batches too small for every core
+    to take a batch row: the two calls instead (None), and the public forward is the same."""
+    E, v = rng.normal(size=(3, 40, 4)), rng.normal(size=(3, 40))
+    for E_, v_ in ((E.astype(np.float16), v.astype(np.float32)), (E.astype(np.float32), v)):
+        flat = flatten_inputs(check_inputs(E_, v_, 4, None))
+        kw = dict(boost=1.5, weighting="softmax", order="score")
+        assert cpu.tournament_gather(xp_np, flat.s, flat.valid, flat.poison, flat.E, 4, **kw) is None
+    monkeypatch.setattr(cpu, "_cores", lambda: 8)
+    flat = flatten_inputs(check_inputs(E, v, 4, None))
+    assert cpu.tournament_gather(xp_np, flat.s, flat.valid, flat.poison, flat.E, 4, **kw) is None
+    two_calls = shtopk.successive_halving_topk(E, v, 4)
+    monkeypatch.setattr(cpu, "_cores", lambda: 1)
+    fused = shtopk.successive_halving_topk(E, v, 4)
+    np.testing.assert_allclose(fused.values, two_calls.values, **TOL["float64"])
+    np.testing.assert_array_equal(fused.scores, two_calls.scores)
+
+
 @pytest.mark.parametrize(("dtype", "passes"), [("float32", 3), ("float32", 6), ("float64", 6)])
 @pytest.mark.parametrize("M", [256, 257, 1000, 4096])
 def test_radix_order_is_the_stable_descending_sort(rng, M, dtype, passes):

@@ -187,6 +187,23 @@ def tournament(
     return neutral_tournament(xp, s, valid, poison, k, boost=boost, weighting=weighting, order=order, record=record)
 
 
+def selection_values(
+    xp: Any, s: Any, valid: Any, poison: Any, E: Any, k: int, *, boost: float, weighting: str, order: str
+) -> tuple[Any, Any]:
+    """``(values, scores)``: the tournament's selection (without record) applied to E.
+
+    The compiled CPU engine runs both in one call, without writing the selection
+    to memory (:func:`.cpu.tournament_gather`); elsewhere, and where that call does
+    not apply, :func:`tournament` then :func:`gather_sum`.
+    """
+    if engine(s, valid, poison, E) == "numba":
+        fused = cpu.tournament_gather(xp, s, valid, poison, E, k, boost=boost, weighting=weighting, order=order)
+        if fused is not None:
+            return fused
+    sel = tournament(xp, s, valid, poison, k, boost=boost, weighting=weighting, order=order)
+    return gather_sum(xp, sel.indices, sel.weights, sel.scores, E), sel.scores
+
+
 def tournament_backward(xp: Any, sel: Selection, dw_items: Any, d_scores: Any, boost: float, weighting: str) -> Any:
     """Score cotangents of the padded items; see
     :func:`shtopk._core.plan_backward.neutral_tournament_backward`."""

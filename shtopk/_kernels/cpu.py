@@ -357,6 +357,74 @@ def _consts(dtype: np.dtype, boost: float, weighting: str) -> np.ndarray:
 TOURNAMENT_BYTES_PER_ITEM = 64
 
 
+def _padded(s: Any, valid: Any, poison: Any, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """Host views of the tournament's inputs, the scores and validity padded to ``m = k 2**R``
+    items; and whether any item is invalid or any batch row poisoned."""
+    s_h, valid_h, poison_h = _host(s), _host(valid), _host(poison)
+    B, n = s_h.shape
+    m = k << n_rounds(n, k)
+    if m > n:
+        s_h = np.concatenate([s_h, np.full((B, m - n), -math.inf, dtype=s_h.dtype)], axis=-1)
+        valid_h = np.concatenate([valid_h, np.zeros((B, m - n), dtype=bool)], axis=-1)
+    return s_h, valid_h, poison_h, not (bool(valid_h.all()) and not bool(poison_h.any()))
+
+
+def _row_scratch(m: int, k: int, dt: np.dtype, *, record: bool) -> list[tuple[tuple[int, ...], Any]]:
+    """The layout of the tournament kernels' per-thread scratch, for the threads of the next call."""
+    T = _numba.get_num_threads()
+    passes = 3 if dt == np.float32 and m < 1 << 32 else 6  # radix passes (float32: packed keys)
+    rounds = (T, 0) if record else (T, 2 * m - 2 * k)  # the current row's rounds, unless recorded
+    return [
+        ((T, 3, m), dt),
+        ((T, 3, m + 1), np.int64),
+        ((T, 3, k), np.int64),
+        ((T, 2, m), np.uint64),
+        ((T, passes, 1 << _kernels._DIGIT_BITS), np.int32),
+        (rounds, np.int64),
+        (rounds, dt),
+    ]
+
+
+def tournament_gather(
+    xp: Any, s: Any, valid: Any, poison: Any, E: Any, k: int, *, boost: float, weighting: str, order: str
+) -> tuple[Any, Any] | None:
+    """``(values, scores)``: :func:`tournament` then :func:`gather_sum` as one kernel call,
+    in parallel over batch rows, without writing the selection to memory; None where
+    the two calls would not read E in row order (:func:`_by_row`), for half-precision E,
+    and for E of another dtype than the scores (the gather-sum would cast the weights)."""
+    _require()
+    if _half_kind(E) or E.dtype != s.dtype:
+        return None
+    E_h = _host(E)
+    (B, n, d), P = E_h.shape, 1 << n_rounds(s.shape[-1], k)
+    if not (B * k and d and _by_row(B, P, d * E_h.itemsize)):
+        return None
+    s_h, valid_h, poison_h, masked = _padded(s, valid, poison, k)
+    m, dt = s_h.shape[1], s_h.dtype
+    out = np.empty((B, k, d), dt)
+    scores = np.empty((B, k), dt)
+    blocks = _launch(max(B * m * TOURNAMENT_BYTES_PER_ITEM, B * n * d * E_h.itemsize), B)
+    T = _numba.get_num_threads()
+    gather = [((T, m), np.int64), ((T, m), dt), ((T, n + 1), np.int64), ((T, m), np.int64), ((T, m), dt)]
+    _run(
+        _kernels.tournament_gather,
+        s_h,
+        valid_h,
+        poison_h,
+        k,
+        _consts(dt, boost, weighting),
+        weighting == "power",
+        order == "input",
+        masked,
+        E_h,
+        out,
+        scores,
+        *scratch(_row_scratch(m, k, dt, record=False) + gather),
+        blocks,
+    )
+    return _wrap(out, E), _wrap(scores, s)
+
+
 def tournament(
     xp: Any,
     s: Any,
@@ -376,18 +444,9 @@ def tournament(
     promises them only with it): the kernel keeps them in per-thread scratch, and a
     forward allocates only its selection."""
     _require()
-    s_h = _host(s)
-    B, n = s_h.shape
-    dt = s_h.dtype
-    R = n_rounds(n, k)
-    P = 1 << R
-    m = k * P
-    valid_h = _host(valid)
-    if m > n:
-        s_h = np.concatenate([s_h, np.full((B, m - n), -math.inf, dtype=dt)], axis=-1)
-        valid_h = np.concatenate([valid_h, np.zeros((B, m - n), dtype=bool)], axis=-1)
-    poison_h = _host(poison)
-    masked = not (bool(valid_h.all()) and not bool(poison_h.any()))
+    s_h, valid_h, poison_h, masked = _padded(s, valid, poison, k)
+    (B, m), n, dt = s_h.shape, s.shape[-1], s_h.dtype
+    P = m // k
     # the rounds' record (B, 2m - 2k) per item, (B, m - k) per pair: only when recording
     full, half = ((B, 2 * m - 2 * k), (B, m - k)) if record else ((0, 0), (0, 0))
     orders = np.empty(full, np.int64)
@@ -402,9 +461,6 @@ def tournament(
     inv_perm = np.empty((B, k) if record else (0, 0), np.int64)
     if B:
         blocks = _launch(B * m * TOURNAMENT_BYTES_PER_ITEM, B)
-        T = _numba.get_num_threads()
-        passes = 3 if dt == np.float32 and m < 1 << 32 else 6  # radix passes (float32: packed keys)
-        rounds_scratch = (T, 0) if record else (T, 2 * m - 2 * k)
         _run(
             _kernels.tournament,
             s_h,
@@ -431,17 +487,7 @@ def tournament(
             slot_of_row,
             weight_of_row,
             inv_perm,
-            *scratch(
-                [
-                    ((T, 3, m), dt),
-                    ((T, 3, m + 1), np.int64),
-                    ((T, 3, k), np.int64),
-                    ((T, 2, m), np.uint64),
-                    ((T, passes, 1 << _kernels._DIGIT_BITS), np.int32),
-                    (rounds_scratch, np.int64),
-                    (rounds_scratch, dt),
-                ]
-            ),
+            *scratch(_row_scratch(m, k, dt, record=record)),
             blocks,
         )
     if not record:

@@ -181,18 +181,10 @@ def gather_sum(idx, w, skip, E, out, chunks):  # pragma: no cover -- compiled
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def gather_sum_by_row(idx, w, skip, E, out, chunks):  # pragma: no cover -- compiled
-    """:func:`gather_sum` reading E in row order: parallel over ``chunks`` blocks of batch rows.
-
-    Per batch row, the (slot, weight) pairs of its members are grouped by row
-    (a counting sort of ``idx``, O(n + k P)); then E is read front to back,
-    once, each row added into the output rows of its pairs (a slot's members
-    repeated for padding or masks are visited once per pair, as in
-    :func:`gather_sum`). E streams as in a plain sum (measured: 1.0-1.7x the time of
-    reading E against 1.6-3x for the plan order at d = 256, one thread); the
-    output rows of a batch row are reused from cache when they are few.
-    """
+    """:func:`gather_sum` reading E in row order: parallel over ``chunks`` blocks of batch rows
+    (:func:`_gather_row_by_row` for each)."""
     S, P = idx.shape
-    B, n, d = E.shape
+    B, n = E.shape[0], E.shape[1]
     k = S // B if B else 1
     step = (B + chunks - 1) // chunks
     for c in prange(chunks):
@@ -200,34 +192,51 @@ def gather_sum_by_row(idx, w, skip, E, out, chunks):  # pragma: no cover -- comp
         pair_slot = np.empty(k * P, np.int64)
         pair_w = np.empty(k * P, w.dtype)
         for b in range(c * step, min(B, (c + 1) * step)):
-            start[:] = 0
-            for s in range(b * k, (b + 1) * k):
-                if not skip[s]:
-                    for q in range(P):
-                        start[idx[s, q] + 1] += 1
-            for i in range(n):
-                start[i + 1] += start[i]
-            for s in range(b * k, (b + 1) * k):
-                if not skip[s]:
-                    for q in range(P):
-                        row = idx[s, q]
-                        at = start[row]
-                        start[row] = at + 1
-                        pair_slot[at] = s
-                        pair_w[at] = w[s, q]
-            out[b * k : (b + 1) * k] = 0  # start[i] is now the end of row i's pairs
-            Eb = E[b]
-            at = 0
-            for i in range(n):
-                end = start[i]
-                if at < end:
-                    e = Eb[i]
-                    while at < end:
-                        o = out[pair_slot[at]]
-                        wt = pair_w[at]
-                        for j in range(d):
-                            o[j] += wt * e[j]
-                        at += 1
+            rows = slice(b * k, (b + 1) * k)
+            _gather_row_by_row(idx[rows], w[rows], skip[rows], E[b], out[rows], start, pair_slot, pair_w)
+
+
+@njit(cache=True, error_model="numpy")
+def _gather_row_by_row(idx, w, skip, Eb, out, start, pair_slot, pair_w):  # pragma: no cover -- compiled
+    """One batch row of :func:`gather_sum`, reading its E (n, d) in row order: ``idx``/``w`` (k, P),
+    ``skip`` (k,), ``out`` (k, d); ``start`` (n + 1), ``pair_slot``/``pair_w`` (k P) are scratch.
+
+    The (slot, weight) pairs of the members are grouped by row (a counting sort of
+    ``idx``, O(n + k P)); then E is read front to back, once, each row added into
+    the output rows of its pairs (a slot's members repeated for padding or masks are
+    visited once per pair, as in :func:`gather_sum`). E streams as in a plain sum
+    (measured: 1.0-1.7x the time of reading E against 1.6-3x for the plan order at
+    d = 256, one thread); the output rows are reused from cache when they are few.
+    """
+    k, P = idx.shape
+    n, d = Eb.shape
+    start[:] = 0
+    for s in range(k):
+        if not skip[s]:
+            for q in range(P):
+                start[idx[s, q] + 1] += 1
+    for i in range(n):
+        start[i + 1] += start[i]
+    for s in range(k):
+        if not skip[s]:
+            for q in range(P):
+                row = idx[s, q]
+                at = start[row]
+                start[row] = at + 1
+                pair_slot[at] = s
+                pair_w[at] = w[s, q]
+    out[:] = 0  # start[i] is now the end of row i's pairs
+    at = 0
+    for i in range(n):
+        end = start[i]
+        if at < end:
+            e = Eb[i]
+            while at < end:
+                o = out[pair_slot[at]]
+                wt = pair_w[at]
+                for j in range(d):
+                    o[j] += wt * e[j]
+                at += 1
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -624,12 +633,102 @@ def tournament(
                 gap,
                 t_out,
                 lo_valid,
-                indices,
-                weights,
+                indices[b],
+                weights[b],
                 scores,
                 slot_of_row,
                 weight_of_row,
                 inv_perm,
+            )
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def tournament_gather(
+    s,
+    valid,
+    poison,
+    k,
+    consts,
+    power,
+    by_input,
+    masked,
+    E,
+    out,
+    scores,
+    fbufs,
+    ibufs,
+    kbufs,
+    ubufs,
+    hists,
+    o_scratch,
+    sw_scratch,
+    sel_idx,
+    sel_w,
+    starts,
+    pair_slots,
+    pair_ws,
+    chunks,
+):  # pragma: no cover -- compiled
+    """A forward without its selection: for each batch row, its tournament
+    (:func:`_tournament_row`, without record) into the thread's scratch, then the
+    gather-sum of that row's selection in row order (:func:`_gather_row_by_row`);
+    in parallel over ``chunks`` blocks of batch rows.
+
+    The same values as :func:`tournament` then :func:`gather_sum_by_row`, without
+    writing the selection (B, k P) to memory, and in one parallel call. E (B, n, d)
+    and ``out`` (B, k, d) are of the scores' dtype. Scratch as for :func:`tournament`
+    (without ``record``), plus, per thread, the row's selection ``sel_idx``/``sel_w``
+    (T, m), and ``starts`` (T, n + 1), ``pair_slots``/``pair_ws`` (T, m) for the gather.
+    """
+    B, m = s.shape
+    P = m // k
+    neg_inf = consts[2]
+    step = (B + chunks - 1) // chunks
+    for c in prange(chunks):
+        tid = get_thread_id()
+        fbuf, ibuf, kbuf, ubuf, hist = fbufs[tid], ibufs[tid], kbufs[tid], ubufs[tid], hists[tid]
+        no_f = np.empty((0, 0), s.dtype)
+        no_i = np.empty((0, 0), np.int64)
+        no_b = np.empty((0, 0), np.bool_)
+        skip = np.empty(k, np.bool_)
+        ind, wts = sel_idx[tid], sel_w[tid]
+        for b in range(c * step, min(B, (c + 1) * step)):
+            _tournament_row(
+                fbuf,
+                ibuf,
+                kbuf,
+                ubuf,
+                hist,
+                b,
+                s,
+                valid,
+                poison,
+                k,
+                consts,
+                power,
+                by_input,
+                masked,
+                False,
+                o_scratch[tid],
+                sw_scratch[tid],
+                no_f,
+                no_f,
+                no_f,
+                no_f,
+                no_f,
+                no_f,
+                no_b,
+                ind,
+                wts,
+                scores,
+                no_i,
+                no_f,
+                no_i,
+            )
+            for j in range(k):
+                skip[j] = scores[b, j] == neg_inf
+            _gather_row_by_row(
+                ind.reshape((k, P)), wts.reshape((k, P)), skip, E[b], out[b], starts[tid], pair_slots[tid], pair_ws[tid]
             )
 
 
@@ -659,8 +758,8 @@ def _tournament_row(
     gap,
     t_out,
     lo_valid,
-    indices,
-    weights,
+    ind,
+    wts,
     scores,
     slot_of_row,
     weight_of_row,
@@ -669,7 +768,8 @@ def _tournament_row(
     """Batch row ``b`` of :func:`tournament` (a function of its own: Numba compiles a parallel
     loop around a call much faster than around a large body). The first round's
     order is sorted here too: by radix for long rows (:func:`_radix_order`).
-    ``orders``/``sorted_w`` are this row's (2m - 2k): of the record, or scratch.
+    ``orders``/``sorted_w`` are this row's (2m - 2k): of the record, or scratch; so
+    are ``ind``/``wts`` (m), its selection (member rows and weights, slot after slot).
     ``fbuf``/``ibuf``/``kbuf``/``ubuf``/``hist`` are the calling thread's scratch."""
     m = s.shape[1]
     n = slot_of_row.shape[1]
@@ -835,8 +935,6 @@ def _tournament_row(
         pos[:] = itmp
         w[:] = keys
     factor = nan if poison[b] else one
-    ind = indices[b]
-    wts = weights[b]
     for j in range(k):
         sj = cur[perm[j]]
         scores[b, j] = sj * factor if masked else sj
