@@ -73,11 +73,12 @@ def test_digits_items_pool_to_the_masked_image_and_its_mask():
 
 
 def _rows(spec):
-    """results.csv-like rows from {(setting, operator): [metric per seed]}."""
+    """results.csv-like rows from {(setting, operator): [metric per seed]}, the selection seeds first."""
+    seeds = report.SELECTION_SEEDS + report.CONFIRMATION_SEEDS
     return [
-        dict(task="t", n=n, k=1, operator=op, seed=i, steps=1, metric_name="m", hard=x, soft=x, recall=x, ms_per_step=1)
+        dict(task="t", n=n, k=1, operator=op, seed=s, steps=1, metric_name="m", hard=x, soft=x, recall=x, ms_per_step=1)
         for (n, op), xs in spec.items()
-        for i, x in enumerate(xs)
+        for s, x in zip(seeds, xs, strict=False)
     ]
 
 
@@ -119,7 +120,7 @@ def test_confirmation_seeds_never_choose_and_are_judged_against_their_own_best()
         spec[(n, "sh-softmax-3")] = [0.5, 0.5, 0.5, 1.0, 1.0, 1.0]  # best, but only on the confirmation seeds
         spec[(n, "iterative")] = [0.8, 0.8, 0.8, 0.5, 0.6, 0.7]
     rows = _rows(spec)
-    assert report.SELECTION_SEEDS == (0, 1, 2) and report.CONFIRMATION_SEEDS == (3, 4, 5)
+    assert report.SELECTION_SEEDS == (0, 1, 2) and report.CONFIRMATION_SEEDS == (6, 7, 8)
     assert report.choose_default(rows) == "sh-softmax-1"  # the confirmation seeds play no part
     checks = report.confirmation(rows, "sh-softmax-1")
     assert [c[2] for c in checks] == ["sh-softmax-3", "sh-softmax-3"]
@@ -135,7 +136,7 @@ def test_confirmation_seeds_never_choose_and_are_judged_against_their_own_best()
     assert "Chosen by the rule on the selection seeds: **softmax, C = 1**" in table
     assert "NOT within noise everywhere" in table
     summary = report.table(rows)
-    assert "seeds 0-2" in summary and "seeds 3-5" in summary
+    assert "seeds 0-2" in summary and "seeds 6-8" in summary
 
 
 def test_cli_filters_name_what_they_reject(capsys):
@@ -151,14 +152,17 @@ def test_cli_filters_name_what_they_reject(capsys):
     with pytest.raises(SystemExit):
         main(["--jobs", "0"])
     assert "--jobs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--steps", "0"])
+    assert "--steps" in capsys.readouterr().err
 
 
 def test_filters_select_settings_operators_and_seeds(tmp_path):
     args = ["--out", str(tmp_path), "--jobs", "1", "--settings", "needles:64:4", "--operators", "straight-through"]
-    assert main([*args, "--seeds", "7"]) == 0
+    assert main([*args, "--seeds", "7", "--steps", "30"]) == 0
     rows = report.read_results(tmp_path / "results.csv")
-    assert [(r["task"], r["n"], r["k"], r["operator"], r["seed"]) for r in rows] == [
-        ("needles", 64, 4, "straight-through", 7)
+    assert [(r["task"], r["n"], r["k"], r["operator"], r["seed"], r["steps"]) for r in rows] == [
+        ("needles", 64, 4, "straight-through", 7, 30)
     ]
     assert not (tmp_path / "boost_table.md").exists()  # no candidate ran: no rule to apply
 
