@@ -374,11 +374,14 @@ def _padded(s: Any, valid: Any, poison: Any, k: int) -> tuple[np.ndarray, np.nda
     return s_h, valid_h, poison_h, not (bool(valid_h.all()) and not bool(poison_h.any()))
 
 
-def _row_scratch(m: int, k: int, dt: np.dtype, *, record: bool) -> list[tuple[tuple[int, ...], Any]]:
-    """The layout of the tournament kernels' per-thread scratch, for the threads of the next call."""
+def _row_scratch(
+    m: int, n: int, k: int, dt: np.dtype, *, record: bool, gather: bool
+) -> list[tuple[tuple[int, ...], Any]]:
+    """The layout of the tournament kernel's per-thread scratch, for the threads of the next call."""
     T = _numba.get_num_threads()
     passes = 3 if dt == np.float32 and m < 1 << 32 else 6  # radix passes (float32: packed keys)
     rounds = (T, 0) if record else (T, 2 * m - 2 * k)  # the current row's rounds, unless recorded
+    g, gn = ((T, m), (T, n + 1)) if gather else ((T, 0), (T, 0))  # the row's selection, its gather-sum
     return [
         ((T, 3, m), dt),
         ((T, 3, m + 1), np.int64),
@@ -387,6 +390,11 @@ def _row_scratch(m: int, k: int, dt: np.dtype, *, record: bool) -> list[tuple[tu
         ((T, passes, 1 << _kernels._DIGIT_BITS), np.int32),
         (rounds, np.int64),
         (rounds, dt),
+        (g, np.int64),
+        (g, dt),
+        (gn, np.int64),
+        (g, np.int64),
+        (g, dt),
     ]
 
 
@@ -401,33 +409,11 @@ def tournament_gather(
     if _half_kind(E) or E.dtype != s.dtype:
         return None
     E_h = _host(E)
-    (B, n, d), P = E_h.shape, 1 << n_rounds(s.shape[-1], k)
+    (B, _, d), P = E_h.shape, 1 << n_rounds(s.shape[-1], k)
     if not (B * k and d and _by_row(B, P, d * E_h.itemsize)):
         return None
-    s_h, valid_h, poison_h, masked = _padded(s, valid, poison, k)
-    m, dt = s_h.shape[1], s_h.dtype
-    out = np.empty((B, k, d), dt)
-    scores = np.empty((B, k), dt)
-    blocks = _launch(max(B * m * TOURNAMENT_BYTES_PER_ITEM, B * n * d * E_h.itemsize), B)
-    T = _numba.get_num_threads()
-    gather = [((T, m), np.int64), ((T, m), dt), ((T, n + 1), np.int64), ((T, m), np.int64), ((T, m), dt)]
-    _run(
-        _kernels.tournament_gather,
-        s_h,
-        valid_h,
-        poison_h,
-        k,
-        _consts(dt, boost, weighting),
-        weighting == "power",
-        order == "input",
-        masked,
-        E_h,
-        out,
-        scores,
-        *scratch(_row_scratch(m, k, dt, record=False) + gather),
-        blocks,
-    )
-    return _wrap(out, E), _wrap(scores, s)
+    sel, _, out = _run_tournament(s, valid, poison, k, boost, weighting, order, record=False, E_h=E_h)
+    return _wrap(out, E), _wrap(sel[2], s)
 
 
 def tournament(
@@ -449,23 +435,66 @@ def tournament(
     promises them only with it): the kernel keeps them in per-thread scratch, and a
     forward allocates only its selection."""
     _require()
+    (indices, weights, scores, slot_of_row, weight_of_row, inv_perm), fields, _ = _run_tournament(
+        s, valid, poison, k, boost, weighting, order, record=record, E_h=None
+    )
+    if not record:
+        return Selection(_wrap(indices, s), _wrap(weights, s), _wrap(scores, s))
+    rounds = [
+        Round(*(_wrap(a[:, cols_full if i < 2 else cols_half], s) for i, a in enumerate(fields)))
+        for cols_full, cols_half in round_columns(indices.shape[1] * indices.shape[2], k)
+    ]
+    return Selection(
+        _wrap(indices, s),
+        _wrap(weights, s),
+        _wrap(scores, s),
+        _wrap(slot_of_row, s),
+        _wrap(weight_of_row, s),
+        rounds,
+        _wrap(inv_perm, s),
+    )
+
+
+def _run_tournament(
+    s: Any,
+    valid: Any,
+    poison: Any,
+    k: int,
+    boost: float,
+    weighting: str,
+    order: str,
+    *,
+    record: bool,
+    E_h: np.ndarray | None,
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """One call of :func:`.numba_kernels.tournament`; with ``E_h`` (B, n, d) of the scores'
+    dtype, fused with the gather-sum (then the selection is not written: ``indices`` and
+    ``weights`` are empty). Returns ``([indices (B, k, P), weights, scores (B, k),
+    slot_of_row, weight_of_row, inv_perm], the record's fields (one array per
+    :class:`~shtopk._core.plan.Round` field, rounds side by side), out (B, k, d))``;
+    the row layout and the record are empty without ``record``."""
     s_h, valid_h, poison_h, masked = _padded(s, valid, poison, k)
     (B, m), n, dt = s_h.shape, s.shape[-1], s_h.dtype
     P = m // k
+    gather = E_h is not None
     # the rounds' record (B, 2m - 2k) per item, (B, m - k) per pair: only when recording
     full, half = ((B, 2 * m - 2 * k), (B, m - k)) if record else ((0, 0), (0, 0))
-    orders = np.empty(full, np.int64)
-    sorted_w = np.empty(full, dt)
-    w_hi, w_lo, s_hi0, s_lo0, gap, t = (np.empty(half, dt) for _ in range(6))
-    lo_valid = np.empty(half, bool)
-    indices = np.empty((B, k, P), np.int64)
-    weights = np.empty((B, k, P), dt)
-    scores = np.empty((B, k), dt)
+    fields = [np.empty(full, np.int64), np.empty(full, dt), *(np.empty(half, dt) for _ in range(6))]
+    fields.append(np.empty(half, bool))
+    sel_shape = (0, k, P) if gather else (B, k, P)
     rows = (B, n) if record else (0, 0)
-    slot_of_row, weight_of_row = np.empty(rows, np.int64), np.empty(rows, dt)
-    inv_perm = np.empty((B, k) if record else (0, 0), np.int64)
+    selection = [
+        np.empty(sel_shape, np.int64),
+        np.empty(sel_shape, dt),
+        np.empty((B, k), dt),
+        np.empty(rows, np.int64),
+        np.empty(rows, dt),
+        np.empty((B, k) if record else (0, 0), np.int64),
+    ]
+    out = np.empty((B, k, E_h.shape[-1]) if gather else (0, 0, 0), dt)
     if B:
-        blocks = _launch(B * m * TOURNAMENT_BYTES_PER_ITEM, B)
+        work = B * m * TOURNAMENT_BYTES_PER_ITEM
+        blocks = _launch(max(work, E_h.nbytes) if gather else work, B)
         _run(
             _kernels.tournament,
             s_h,
@@ -477,40 +506,16 @@ def tournament(
             order == "input",
             masked,
             record,
-            orders,
-            sorted_w,
-            w_hi,
-            w_lo,
-            s_hi0,
-            s_lo0,
-            gap,
-            t,
-            lo_valid,
-            indices.reshape(B, m),
-            weights.reshape(B, m),
-            scores,
-            slot_of_row,
-            weight_of_row,
-            inv_perm,
-            *scratch(_row_scratch(m, k, dt, record=record)),
+            *fields,
+            selection[0].reshape(-1, m),
+            selection[1].reshape(-1, m),
+            *selection[2:],
+            E_h if gather else np.empty((0, 0, 0), dt),
+            out,
+            *scratch(_row_scratch(m, n, k, dt, record=record, gather=gather)),
             blocks,
         )
-    if not record:
-        return Selection(_wrap(indices, s), _wrap(weights, s), _wrap(scores, s))
-    fields = [orders, sorted_w, w_hi, w_lo, s_hi0, s_lo0, gap, t, lo_valid]
-    rounds = [
-        Round(*(_wrap(a[:, cols_full if i < 2 else cols_half], s) for i, a in enumerate(fields)))
-        for cols_full, cols_half in round_columns(m, k)
-    ]
-    return Selection(
-        _wrap(indices, s),
-        _wrap(weights, s),
-        _wrap(scores, s),
-        _wrap(slot_of_row, s),
-        _wrap(weight_of_row, s),
-        rounds,
-        _wrap(inv_perm, s),
-    )
+    return selection, fields, out
 
 
 #: A thread's kernel scratch up to this size is kept for its next call (see :func:`scratch`).

@@ -567,6 +567,8 @@ def tournament(
     slot_of_row,
     weight_of_row,
     inv_perm,
+    E,
+    out,
     fbufs,
     ibufs,
     kbufs,
@@ -574,10 +576,16 @@ def tournament(
     hists,
     o_scratch,
     sw_scratch,
+    sel_idx,
+    sel_w,
+    starts,
+    pair_slots,
+    pair_ws,
     chunks,
 ):  # pragma: no cover -- compiled
     """:func:`shtopk._core.plan.tournament` for every batch row, in parallel over ``chunks``
-    blocks of batch rows.
+    blocks of batch rows; with a non-empty ``E`` (B, n, d), also the gather-sum of each
+    row's selection into ``out`` (B, k, d), both of the scores' dtype.
 
     ``s``/``valid`` (B, m) are padded. With ``record``, the rounds are written side
     by side into one array per field (:func:`.cpu.round_columns`): round ``r``
@@ -595,19 +603,33 @@ def tournament(
     (T, 2, m) uint64, ``hists`` (T, passes, 2048) int32 (radix passes of the first
     round's sort: 3 for float32, 6 for float64), and without ``record`` the rounds
     of the current row, ``o_scratch`` (T, 2m - 2k) int64 and ``sw_scratch``.
+
+    The gather-sum (a forward without record): the row's selection goes to the
+    thread's ``sel_idx``/``sel_w`` (T, m) instead of ``indices``/``weights`` (then
+    empty), and is summed in row order (:func:`_gather_row_by_row`, with ``starts``
+    (T, n + 1) and ``pair_slots``/``pair_ws`` (T, m)): the same values as
+    :func:`gather_sum_by_row` of the written selection, in one parallel call
+    without writing it to memory.
     """
-    B = s.shape[0]
+    B, m = s.shape
+    k_P = (k, m // k)
+    gather = E.shape[0] > 0
     step = (B + chunks - 1) // chunks
     for c in prange(chunks):
         # scratch of one thread, reused row after row (rows of 16k scores or more would
         # otherwise be fresh memory -- page faults -- for every row)
         tid = get_thread_id()
         fbuf, ibuf, kbuf, ubuf, hist = fbufs[tid], ibufs[tid], kbufs[tid], ubufs[tid], hists[tid]
+        skip = np.empty(k if gather else 0, np.bool_)
         for b in range(c * step, min(B, (c + 1) * step)):
             if record:
                 o_row, sw_row = orders[b], sorted_w[b]
             else:
                 o_row, sw_row = o_scratch[tid], sw_scratch[tid]
+            if gather:
+                ind, wts = sel_idx[tid], sel_w[tid]
+            else:
+                ind, wts = indices[b], weights[b]
             _tournament_row(
                 fbuf,
                 ibuf,
@@ -633,103 +655,19 @@ def tournament(
                 gap,
                 t_out,
                 lo_valid,
-                indices[b],
-                weights[b],
+                ind,
+                wts,
                 scores,
                 slot_of_row,
                 weight_of_row,
                 inv_perm,
             )
-
-
-@njit(parallel=True, cache=True, error_model="numpy")
-def tournament_gather(
-    s,
-    valid,
-    poison,
-    k,
-    consts,
-    power,
-    by_input,
-    masked,
-    E,
-    out,
-    scores,
-    fbufs,
-    ibufs,
-    kbufs,
-    ubufs,
-    hists,
-    o_scratch,
-    sw_scratch,
-    sel_idx,
-    sel_w,
-    starts,
-    pair_slots,
-    pair_ws,
-    chunks,
-):  # pragma: no cover -- compiled
-    """A forward without its selection: for each batch row, its tournament
-    (:func:`_tournament_row`, without record) into the thread's scratch, then the
-    gather-sum of that row's selection in row order (:func:`_gather_row_by_row`);
-    in parallel over ``chunks`` blocks of batch rows.
-
-    The same values as :func:`tournament` then :func:`gather_sum_by_row`, without
-    writing the selection (B, k P) to memory, and in one parallel call. E (B, n, d)
-    and ``out`` (B, k, d) are of the scores' dtype. Scratch as for :func:`tournament`
-    (without ``record``), plus, per thread, the row's selection ``sel_idx``/``sel_w``
-    (T, m), and ``starts`` (T, n + 1), ``pair_slots``/``pair_ws`` (T, m) for the gather.
-    """
-    B, m = s.shape
-    P = m // k
-    neg_inf = consts[2]
-    step = (B + chunks - 1) // chunks
-    for c in prange(chunks):
-        tid = get_thread_id()
-        fbuf, ibuf, kbuf, ubuf, hist = fbufs[tid], ibufs[tid], kbufs[tid], ubufs[tid], hists[tid]
-        no_f = np.empty((0, 0), s.dtype)
-        no_i = np.empty((0, 0), np.int64)
-        no_b = np.empty((0, 0), np.bool_)
-        skip = np.empty(k, np.bool_)
-        ind, wts = sel_idx[tid], sel_w[tid]
-        for b in range(c * step, min(B, (c + 1) * step)):
-            _tournament_row(
-                fbuf,
-                ibuf,
-                kbuf,
-                ubuf,
-                hist,
-                b,
-                s,
-                valid,
-                poison,
-                k,
-                consts,
-                power,
-                by_input,
-                masked,
-                False,
-                o_scratch[tid],
-                sw_scratch[tid],
-                no_f,
-                no_f,
-                no_f,
-                no_f,
-                no_f,
-                no_f,
-                no_b,
-                ind,
-                wts,
-                scores,
-                no_i,
-                no_f,
-                no_i,
-            )
-            for j in range(k):
-                skip[j] = scores[b, j] == neg_inf
-            _gather_row_by_row(
-                ind.reshape((k, P)), wts.reshape((k, P)), skip, E[b], out[b], starts[tid], pair_slots[tid], pair_ws[tid]
-            )
+            if gather:
+                for j in range(k):
+                    skip[j] = scores[b, j] == consts[2]  # -inf: a slot of invalid members only
+                _gather_row_by_row(
+                    ind.reshape(k_P), wts.reshape(k_P), skip, E[b], out[b], starts[tid], pair_slots[tid], pair_ws[tid]
+                )
 
 
 @njit(cache=True, error_model="numpy")
