@@ -199,12 +199,22 @@ def test_rows_backward_equals_neutral(kernels, rng, dtype, need_dE, need_dw):
     args = (xp, d_values, slot_of_row, weight_of_row, E)
     want = neutral_rows_backward(*args, need_dE=need_dE, need_dw=need_dw)
     got = triton_ops.rows_backward(*args, need_dE=need_dE, need_dw=need_dw)
-    for g, w in zip(got, want, strict=True):
+    # dw is a dot product of d terms summed in float32 in another order than the reference:
+    # near a zero sum its error is a few ulps of the terms' total magnitude, not of the sum
+    terms = (torch.take_along_dim(d_values.double(), slot_of_row[..., None], dim=1) * E.double()).abs().sum(-1)
+    dw_atol = torch.finfo(torch.float32).eps * terms
+    for name, g, w in zip(("dE", "dw"), got, want, strict=True):
         if w is None:
             assert g is None
             continue
         assert g.dtype == w.dtype and g.shape == w.shape
-        torch.testing.assert_close(g.float(), w.float(), **TOL[dtype])
+        if name == "dE":
+            torch.testing.assert_close(g.float(), w.float(), **TOL[dtype])
+            continue
+        tol = TOL[dtype]
+        bound = tol["atol"] + dw_atol + tol["rtol"] * w.double().abs()
+        excess = (g.double() - w.double()).abs() - bound
+        assert (excess <= 0).all(), f"dw differs beyond float32 rounding of its terms: worst excess {excess.max()}"
 
 
 @pytest.fixture
