@@ -139,6 +139,40 @@ def test_confirmation_seeds_never_choose_and_are_judged_against_their_own_best()
     assert "seeds 0-2" in summary and "seeds 6-8" in summary
 
 
+def test_wide_confirmation_judges_the_library_default_on_its_own_seeds():
+    from shtopk import DEFAULT_BOOST
+
+    default = f"sh-softmax-{DEFAULT_BOOST:g}"
+    assert report.library_default() == default
+    assert report.WIDE_CONFIRMATION_SEEDS == tuple(range(9, 19))
+    assert not set(report.WIDE_CONFIRMATION_SEEDS) & set(report.SELECTION_SEEDS + report.CONFIRMATION_SEEDS)
+    rows = [
+        dict(task="t", n=n, k=1, operator=op, seed=s, steps=1, metric_name="m", hard=x, soft=x, recall=x, ms_per_step=1)
+        for n in (1, 2)
+        for s in report.WIDE_CONFIRMATION_SEEDS
+        for op, x in ((default, 0.9), ("sh-softmax-1", 0.95 if n == 1 else 0.9), ("iterative", 0.8))
+    ]
+    assert not report.shortfalls(rows)  # no selection seeds: nothing is chosen, the library default is judged
+    text = report.verdict(rows)
+    assert f"Wide confirmation (seeds 9-18): {default} within noise of the best top-k operator on 1 of 2" in text
+    assert "not on t n=1 k=1 (0.900 vs sh-softmax-1 0.950 ± 0.000)" in text
+    assert "every setting in the wide confirmation: sh-softmax-1." in text
+    assert f"{default} ahead of iterative on 2 of 2 settings (seeds 9-18)." in text
+    assert "Confirmation (" not in text  # no seeds of the first confirmation ran
+    assert "seeds 9-18" in report.table(rows)
+    only_baselines = [r for r in rows if r["operator"] == "iterative"]
+    assert report.verdict(only_baselines) == ""
+
+
+def test_seed_ranges(capsys):
+    from shtopk.learn import _seeds
+
+    assert _seeds("9-12") == (9, 10, 11, 12) and _seeds("0,1,5-6,1") == (0, 1, 5, 6)
+    with pytest.raises(SystemExit):
+        main(["--seeds", "3-x"])
+    assert "ranges such as 9-18" in capsys.readouterr().err
+
+
 def test_cli_filters_name_what_they_reject(capsys):
     with pytest.raises(SystemExit):
         main(["--operators", "sh-softmax-1,nonsense"])

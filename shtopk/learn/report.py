@@ -98,6 +98,12 @@ SELECTION_SEEDS = (0, 1, 2)
 #: ... and fresh seeds on which the choice is confirmed, never used for choosing (the confirmation phase). Seeds
 #: 3-5 confirmed an earlier budget of the benchmark; once looked at, they are not reused.
 CONFIRMATION_SEEDS = (6, 7, 8)
+#: ... and a wider confirmation on ten further fresh seeds, never used for choosing either. Pre-registered after
+#: the first confirmation missed on 2 of 4 settings: per-seed spreads of 0.005-0.025 over three seeds cannot
+#: resolve the 0.01 the rule asks about. Not part of the full run (``python -m shtopk.learn --seeds 9-18``).
+WIDE_CONFIRMATION_SEEDS = tuple(range(9, 19))
+#: The phases, in table order.
+PHASES = (SELECTION_SEEDS, CONFIRMATION_SEEDS, WIDE_CONFIRMATION_SEEDS)
 
 
 def is_candidate(operator: str) -> bool:
@@ -179,9 +185,9 @@ def confirmation(rows: list[dict], operator: str, seeds=CONFIRMATION_SEEDS) -> l
     return out
 
 
-def confirmed(rows: list[dict], operator: str) -> bool:
-    """``operator`` is within noise of the best top-k operator on every setting of the confirmation phase."""
-    checks = confirmation(rows, operator)
+def confirmed(rows: list[dict], operator: str, seeds=CONFIRMATION_SEEDS) -> bool:
+    """``operator`` is within noise of the best top-k operator on every setting of a confirmation phase."""
+    checks = confirmation(rows, operator, seeds)
     return bool(checks) and all(c[-1] for c in checks)
 
 
@@ -192,7 +198,7 @@ def _seed_label(seeds) -> str:
 def table(rows: list[dict]) -> str:
     """Markdown table: per setting, per operator, mean +- std over the seeds of each phase."""
     ran = {r["seed"] for r in rows}
-    phases = [tuple(sorted(ran & set(p))) for p in (SELECTION_SEEDS, CONFIRMATION_SEEDS) if ran & set(p)]
+    phases = [tuple(sorted(ran & set(p))) for p in PHASES if ran & set(p)]
     summaries = [summarize(rows, p) for p in phases]
     every = summarize(rows)
     ops = list(dict.fromkeys(r["operator"] for r in rows))
@@ -351,37 +357,61 @@ def _best_cell(summary: dict, s: tuple[str, int, int], other: bool = False) -> s
 BASELINES = ("iterative", "straight-through", "perturbed-0.5")
 
 
+def library_default() -> str:
+    """The operator name of the library's default setting (softmax weighting at ``shtopk.DEFAULT_BOOST``)."""
+    from shtopk import DEFAULT_BOOST
+
+    return f"sh-softmax-{DEFAULT_BOOST:g}"
+
+
 def verdict(rows: list[dict]) -> str:
-    """The rule's outcome in words: the shortfalls, the choice, and its confirmation on fresh seeds."""
+    """The rule's outcome in words: the shortfalls, the choice, and its confirmations on fresh seeds.
+
+    Without the selection seeds (a confirmation run alone), the library's
+    current default is the one confirmed. Empty when there is nothing to judge.
+    """
     worst = shortfalls(rows, SELECTION_SEEDS)
-    chosen = choose_default(rows)
-    lines = [
-        f"Largest shortfall from the best top-k operator over the settings ({_seed_label(SELECTION_SEEDS)}), per"
-        " candidate: " + ", ".join(f"{op} {w:.3f}" for op, w in worst.items()) + ".",
-        f"Default by the pre-registered rule (learning first, then no new option, then the largest boost): {chosen}.",
-    ]
-    checks = confirmation(rows, chosen)
+    lines = []
+    if worst:
+        chosen = choose_default(rows)
+        lines += [
+            f"Largest shortfall from the best top-k operator over the settings ({_seed_label(SELECTION_SEEDS)}), per"
+            " candidate: " + ", ".join(f"{op} {w:.3f}" for op, w in worst.items()) + ".",
+            "Default by the pre-registered rule (learning first, then no new option, then the largest boost):"
+            f" {chosen}.",
+        ]
+    else:
+        chosen = library_default()
+    for title, seeds in (("Confirmation", CONFIRMATION_SEEDS), ("Wide confirmation", WIDE_CONFIRMATION_SEEDS)):
+        lines += _confirmation_lines(rows, chosen, title, seeds)
+    return "\n".join(lines)
+
+
+def _confirmation_lines(rows: list[dict], chosen: str, title: str, seeds: tuple[int, ...]) -> list[str]:
+    ran = tuple(sorted({r["seed"] for r in rows} & set(seeds)))
+    checks = confirmation(rows, chosen, seeds)
     if not checks:
-        return "\n".join(lines)
+        return []
     misses = [
         f"{t} n={n} k={k} ({mine[0]:.3f} vs {best} {theirs[0]:.3f} ± {theirs[1]:.3f})"
         for (t, n, k), mine, best, theirs, ok in checks
         if not ok
     ]
-    lines.append(
-        f"Confirmation ({_seed_label(CONFIRMATION_SEEDS)}): {chosen} within noise of the best top-k operator on"
+    lines = [
+        f"{title} ({_seed_label(ran)}): {chosen} within noise of the best top-k operator on"
         f" {len(checks) - len(misses)} of {len(checks)} settings"
         + (f"; not on {', '.join(misses)}." if misses else ".")
-    )
-    passing = [op for op in worst if confirmed(rows, op)]
+    ]
+    candidates = [op for op in dict.fromkeys(r["operator"] for r in rows) if is_candidate(op)]
+    passing = [op for op in candidates if confirmed(rows, op, seeds)]
     lines.append(
-        "Candidates within noise of the best on every setting in the confirmation: "
+        f"Candidates within noise of the best on every setting in the {title.lower()}: "
         + (", ".join(passing) if passing else "none")
         + "."
     )
-    summary = summarize(rows, CONFIRMATION_SEEDS)
+    summary = summarize(rows, seeds)
     for base in BASELINES:
         compared = [s for s in settings(rows) if (*s, base) in summary and (*s, chosen) in summary]
         ahead = sum(summary[(*s, chosen)]["hard"][0] > summary[(*s, base)]["hard"][0] for s in compared)
-        lines.append(f"{chosen} ahead of {base} on {ahead} of {len(compared)} settings (confirmation seeds).")
-    return "\n".join(lines)
+        lines.append(f"{chosen} ahead of {base} on {ahead} of {len(compared)} settings ({_seed_label(ran)}).")
+    return lines
