@@ -13,7 +13,7 @@ pytest.importorskip("sklearn")
 
 import shtopk  # noqa: E402
 from shtopk.learn import QUICK_OPERATORS, main, report  # noqa: E402
-from shtopk.learn.operators import SOFTMAX_BOOSTS, perturbed, straight_through  # noqa: E402
+from shtopk.learn.operators import SOFTMAX_BOOSTS, operators, perturbed, straight_through  # noqa: E402
 from shtopk.learn.tasks import Digits, Needles  # noqa: E402
 
 
@@ -162,6 +162,29 @@ def test_wide_confirmation_judges_the_library_default_on_its_own_seeds():
     assert "seeds 9-18" in report.table(rows)
     only_baselines = [r for r in rows if r["operator"] == "iterative"]
     assert report.verdict(only_baselines) == ""
+
+
+def test_annealed_prototype_follows_its_schedule_through_training():
+    from shtopk.learn.operators import Operator, annealed, opt_in, successive_halving
+    from shtopk.learn.runner import train
+
+    op = annealed(1.0, 10.0)
+    assert op.name == "sh-anneal-1-10" and op.name in {o.name for o in opt_in()}
+    E, v = torch.randn(2, 16, 3, dtype=torch.float64), torch.randn(2, 16, dtype=torch.float64)
+    for progress, boost in ((0.0, 1.0), (0.5, 10**0.5), (1.0, 10.0)):
+        torch.testing.assert_close(op.pool_at(progress)(E, v, 4), successive_halving(boost)(E, v, 4))
+    torch.testing.assert_close(op.pool(E, v, 4), successive_halving(10.0)(E, v, 4))  # "as trained": the last
+    seen = []
+
+    def at(progress):
+        seen.append(progress)
+        return op.at(progress)
+
+    train(Needles(16, 2), Operator("probe", "prototype", op.pool, at=at), seed=0, steps=3)
+    # steps at progress 0, 1/2, 1; the evaluations (the "as trained" metric) at 1
+    assert [p for p in seen if p < 1.0] == [0.0, 0.5] and seen.count(1.0) == len(seen) - 2
+    # opt-in prototypes are not in the full run
+    assert not {o.name for o in opt_in()} & {o.name for o in operators()}
 
 
 def test_seed_ranges(capsys):

@@ -3,9 +3,10 @@
 Run ``python -m shtopk.learn`` (the full grid, 312 training runs; its time on
 the development machine is on the docs page) or ``python -m shtopk.learn --quick``
 (one setting, one seed, a few operators; under a minute). ``--settings``,
-``--operators`` and ``--seeds`` run part of the grid, ``--steps`` overrides the
-step budgets; ``--settings needles:1024:16`` runs the longer sequence, which is
-not part of the full run.
+``--operators`` and ``--seeds`` run part of the grid (``--operators`` also
+names the opt-in prototypes), ``--steps`` overrides the step budgets;
+``--settings needles:1024:16`` runs the longer sequence, which is not part of
+the full run.
 It needs PyTorch and the ``learn`` extra (scikit-learn for the digits data,
 matplotlib for the plots).
 
@@ -72,22 +73,23 @@ QUICK_OPERATORS = ("sh-default", "sh-softmax-70", "straight-through")
 def _job(args: tuple[Setting, str, int]):
     import torch
 
-    from .operators import operators
+    from .operators import operators, opt_in
     from .runner import train
 
     setting, name, seed = args
     torch.set_num_threads(1)
-    op = next(o for o in operators() if o.name == name)
+    op = next(o for o in operators() + opt_in() if o.name == name)
     return train(setting.make(), op, seed, setting.steps)
 
 
 def run(settings, seeds, names=None, jobs: int = 1, log=print) -> list:
-    """Train every operator (or those in ``names``) on every setting and seed."""
-    from .operators import operators
+    """Train every operator of the full run (or those in ``names``, opt-in prototypes included) on every
+    setting and seed."""
+    from .operators import operators, opt_in
 
     todo = []
     for s in settings:
-        for op in operators():
+        for op in operators() + (opt_in() if names is not None else []):
             if (names is None and op.name == "sh-default") or (names is not None and op.name not in names):
                 continue
             if (op.name == "oracle" and s.task != "needles") or (op.name == "all-items" and s.task != "digits"):
@@ -137,10 +139,10 @@ def _setting(text: str) -> Setting:
 
 
 def _names(text: str) -> tuple[str, ...]:
-    from .operators import operators
+    from .operators import operators, opt_in
 
     names = tuple(t for t in text.split(",") if t)
-    known = [o.name for o in operators()]
+    known = [o.name for o in operators() + opt_in()]
     unknown = [t for t in names if t not in known]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown operator(s) {unknown}; the operators are {', '.join(known)}")

@@ -28,12 +28,22 @@ Pool = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 @dataclass(frozen=True)
 class Operator:
-    """A named comparator: ``pool(E, v, k) -> (B, k', d)`` used for training."""
+    """A named comparator: ``pool(E, v, k) -> (B, k', d)`` used for training.
+
+    An annealed operator also has ``at``: the training progress in [0, 1]
+    (step / steps) -> the pool to use at that step; ``pool`` is then the
+    final one (``at(1.0)``), which the "as trained" evaluation uses.
+    """
 
     name: str
     family: str
     pool: Pool
     note: str = ""
+    at: Callable[[float], Pool] | None = None
+
+    def pool_at(self, progress: float) -> Pool:
+        """The pool of training step ``progress`` (the only one unless annealed)."""
+        return self.pool if self.at is None else self.at(progress)
 
 
 def successive_halving(boost: float, weighting: str = "softmax") -> Pool:
@@ -56,6 +66,27 @@ def scale_free(boost: float) -> Pool:
 
     def pool(E: torch.Tensor, v: torch.Tensor, k: int) -> torch.Tensor:
         spread = v.detach().std(dim=-1, keepdim=True).clamp_min(1e-6)
+        return shtopk.successive_halving_topk(E, v / spread, k, boost=boost).values
+
+    return pool
+
+
+def annealed(start: float, stop: float) -> Operator:
+    """Prototype: softmax weighting, boost annealed geometrically from ``start`` to ``stop`` over training."""
+
+    def at(progress: float) -> Pool:
+        return successive_halving(start * (stop / start) ** progress)
+
+    name = f"sh-anneal-{start:g}-{stop:g}"
+    return Operator(name, "prototype", at(1.0), f"softmax, boost {start:g} -> {stop:g} geometrically", at)
+
+
+def capped_scale_free(boost: float, floor: float) -> Pool:
+    """Prototype: softmax weighting on ``v / max(std(v), floor)`` (the spread a constant): the plain
+    boost while the scores' spread is below ``floor``, the scale-free one above it."""
+
+    def pool(E: torch.Tensor, v: torch.Tensor, k: int) -> torch.Tensor:
+        spread = v.detach().std(dim=-1, keepdim=True).clamp_min(floor)
         return shtopk.successive_halving_topk(E, v / spread, k, boost=boost).values
 
     return pool
@@ -151,6 +182,20 @@ POWER_BASES = (2.0, 20.0)
 def default_successive_halving(E: torch.Tensor, v: torch.Tensor, k: int) -> torch.Tensor:
     """shtopk's operator at its default settings."""
     return shtopk.successive_halving_topk(E, v, k).values
+
+
+def opt_in() -> list[Operator]:
+    """Prototypes tried once on the selection seeds and not adopted (see the docs page "Training with
+    shtopk"); not part of the full run, run them with ``--operators``."""
+    return [
+        annealed(1.0, 10.0),
+        annealed(1.0, 30.0),
+        annealed(3.0, 30.0),
+        *(
+            Operator(f"sh-sfcap-3-{c:g}", "prototype", capped_scale_free(3.0, c), f"softmax on v / max(std(v), {c:g})")
+            for c in (0.3, 1.0)
+        ),
+    ]
 
 
 def operators() -> list[Operator]:

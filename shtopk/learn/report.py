@@ -336,6 +336,8 @@ def boost_table(rows: list[dict]) -> str:
 
 
 def _label(op: str) -> str:
+    if op.count("-") != 2:  # a prototype with more than a weighting and a boost in its name
+        return op
     weighting, boost = op.split("-")[1], boost_of(op)
     return f"{weighting}, {'b' if weighting == 'power' else 'C'} = {boost:g}"
 

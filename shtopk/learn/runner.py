@@ -31,7 +31,9 @@ class Result:
     curve: list[tuple[int, float, float, float]]  # (step, hard, soft, recall)
 
 
-def _forward(task: Task, op: Operator, scorer, head, batch: Batch, *, hard: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward(
+    task: Task, op: Operator, scorer, head, batch: Batch, *, hard: bool, progress: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     E = task.items(batch.x)
     if op.name == "oracle":
         v = batch.relevant.to(E.dtype)
@@ -40,7 +42,7 @@ def _forward(task: Task, op: Operator, scorer, head, batch: Batch, *, hard: bool
     if hard and op.name != "all-items":
         pooled = shtopk.hard_topk(E, v, task.k).values
     else:
-        pooled = op.pool(E, v, task.k)
+        pooled = op.pool_at(progress)(E, v, task.k)
     return head(pooled.sum(-2)), v
 
 
@@ -71,7 +73,7 @@ def train(task: Task, op: Operator, seed: int, steps: int, *, evals: int = 8, lr
     for step in range(1, steps + 1):
         batch = task.sample(gen)
         start = time.perf_counter()
-        pred, _ = _forward(task, op, scorer, head, batch, hard=False)
+        pred, _ = _forward(task, op, scorer, head, batch, hard=False, progress=(step - 1) / max(1, steps - 1))
         loss = task.loss(pred, batch.y)
         opt.zero_grad()
         loss.backward()
