@@ -102,8 +102,16 @@ CONFIRMATION_SEEDS = (6, 7, 8)
 #: the first confirmation missed on 2 of 4 settings: per-seed spreads of 0.005-0.025 over three seeds cannot
 #: resolve the 0.01 the rule asks about. Not part of the full run (``python -m shtopk.learn --seeds 9-18``).
 WIDE_CONFIRMATION_SEEDS = tuple(range(9, 19))
+#: The first choice, made on SELECTION_SEEDS (``DEFAULT_BOOST`` until the second choice); the first and the wide
+#: confirmation judge it (when the selection seeds are not among the rows to re-derive it).
+FIRST_CHOICE = "sh-softmax-3"
+#: The second choice (pre-registered after the wide confirmation, before FINAL_CONFIRMATION_SEEDS ran): the same
+#: rule on every seed run so far at the current budgets, 16 seeds ...
+SECOND_SELECTION_SEEDS = SELECTION_SEEDS + CONFIRMATION_SEEDS + WIDE_CONFIRMATION_SEEDS
+#: ... judged on ten further fresh seeds (``python -m shtopk.learn --seeds 19-28``, not part of the full run).
+FINAL_CONFIRMATION_SEEDS = tuple(range(19, 29))
 #: The phases, in table order.
-PHASES = (SELECTION_SEEDS, CONFIRMATION_SEEDS, WIDE_CONFIRMATION_SEEDS)
+PHASES = (SELECTION_SEEDS, CONFIRMATION_SEEDS, WIDE_CONFIRMATION_SEEDS, FINAL_CONFIRMATION_SEEDS)
 
 
 def is_candidate(operator: str) -> bool:
@@ -147,7 +155,7 @@ def shortfalls(rows: list[dict], seeds=SELECTION_SEEDS) -> dict[str, float]:
     return out
 
 
-def choose_default(rows: list[dict]) -> str:
+def choose_default(rows: list[dict], seeds=SELECTION_SEEDS) -> str:
     """The pre-registered rule behind ``shtopk.DEFAULT_BOOST``: learning first, approximation second.
 
     On the selection seeds only: the candidate with the smallest largest
@@ -156,16 +164,25 @@ def choose_default(rows: list[dict]) -> str:
     a plain softmax boost before a scale-free one (no new option), then the
     largest boost (a larger boost approximates the exact top-k better; see
     the nCCS study). The confirmation seeds play no part in the choice.
+    The first choice used ``SELECTION_SEEDS``, the second ``SECOND_SELECTION_SEEDS``.
     """
-    worst = shortfalls(rows, SELECTION_SEEDS)
+    worst = shortfalls(rows, seeds)
     least = min(worst.values())
     near = [op for op, w in worst.items() if w <= least + TOLERANCE]
     return max(near, key=lambda op: (op.startswith("sh-softmax-"), boost_of(op)))
 
 
-def default_boost(rows: list[dict]) -> float:
+def default_boost(rows: list[dict], seeds=SELECTION_SEEDS) -> float:
     """The boost of :func:`choose_default`'s candidate."""
-    return boost_of(choose_default(rows))
+    return boost_of(choose_default(rows, seeds))
+
+
+def ran_all(rows: list[dict], seeds) -> bool:
+    """Whether every (setting, operator) of ``rows`` ran on every one of ``seeds``."""
+    ran = defaultdict(set)
+    for r in rows:
+        ran[(r["task"], r["n"], r["k"], r["operator"])].add(r["seed"])
+    return bool(ran) and all(set(seeds) <= got for got in ran.values())
 
 
 def confirmation(rows: list[dict], operator: str, seeds=CONFIRMATION_SEEDS) -> list[tuple]:
@@ -189,10 +206,6 @@ def confirmed(rows: list[dict], operator: str, seeds=CONFIRMATION_SEEDS) -> bool
     """``operator`` is within noise of the best top-k operator on every setting of a confirmation phase."""
     checks = confirmation(rows, operator, seeds)
     return bool(checks) and all(c[-1] for c in checks)
-
-
-def _seed_label(seeds) -> str:
-    return f"seeds {min(seeds)}-{max(seeds)}" if len(seeds) > 1 else f"seed {seeds[0]}"
 
 
 def table(rows: list[dict]) -> str:
@@ -367,26 +380,58 @@ def library_default() -> str:
 
 
 def verdict(rows: list[dict]) -> str:
-    """The rule's outcome in words: the shortfalls, the choice, and its confirmations on fresh seeds.
+    """The rule's outcome in words: the choices, and their confirmations on fresh seeds.
 
-    Without the selection seeds (a confirmation run alone), the library's
-    current default is the one confirmed. Empty when there is nothing to judge.
+    The first choice (on the selection seeds) is judged by the first and the
+    wide confirmation, the second choice (on the 16 seeds of the earlier
+    phases) by the final one. Where the seeds a choice was made on are not
+    among the rows, the recorded choice (FIRST_CHOICE, the library's default)
+    is judged. Empty when there is nothing to judge.
     """
-    worst = shortfalls(rows, SELECTION_SEEDS)
     lines = []
-    if worst:
-        chosen = choose_default(rows)
+    first, second = FIRST_CHOICE, library_default()
+    for seeds, title, is_first in ((SELECTION_SEEDS, "", True), (SECOND_SELECTION_SEEDS, "Second choice: ", False)):
+        worst = shortfalls(rows, seeds)
+        if not worst or not ran_all([r for r in rows if is_candidate(r["operator"])], seeds):
+            continue
+        chosen = choose_default(rows, seeds)
         lines += [
-            f"Largest shortfall from the best top-k operator over the settings ({_seed_label(SELECTION_SEEDS)}), per"
+            f"{title}Largest shortfall from the best top-k operator over the settings ({_seed_label(seeds)}), per"
             " candidate: " + ", ".join(f"{op} {w:.3f}" for op, w in worst.items()) + ".",
             "Default by the pre-registered rule (learning first, then no new option, then the largest boost):"
             f" {chosen}.",
         ]
-    else:
-        chosen = library_default()
-    for title, seeds in (("Confirmation", CONFIRMATION_SEEDS), ("Wide confirmation", WIDE_CONFIRMATION_SEEDS)):
-        lines += _confirmation_lines(rows, chosen, title, seeds)
+        if is_first:
+            first = chosen
+        else:
+            second = chosen
+    for title, seeds, judged in (
+        ("Confirmation", CONFIRMATION_SEEDS, first),
+        ("Wide confirmation", WIDE_CONFIRMATION_SEEDS, first),
+        ("Final confirmation", FINAL_CONFIRMATION_SEEDS, second),
+    ):
+        lines += _confirmation_lines(rows, judged, title, seeds)
     return "\n".join(lines)
+
+
+def _seed_label(seeds) -> str:
+    seeds = sorted(seeds)
+    if len(seeds) > 1 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"seeds {seeds[0]}-{seeds[-1]}"
+    if len(seeds) > 1:
+        return "seeds " + ", ".join(_seed_label(run).split(" ", 1)[1] for run in _runs(seeds))
+    return f"seed {seeds[0]}"
+
+
+def _runs(seeds: list[int]) -> list[list[int]]:
+    """Consecutive runs of sorted ``seeds``."""
+    out = [[seeds[0]]]
+    for s in seeds[1:]:
+        if s == out[-1][-1] + 1:
+            out[-1].append(s)
+        else:
+            out.append([s])
+    return out
 
 
 def _confirmation_lines(rows: list[dict], chosen: str, title: str, seeds: tuple[int, ...]) -> list[str]:
