@@ -17,16 +17,26 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 def test_default_boost_is_what_the_committed_learning_benchmark_selects():
     report = pytest.importorskip("shtopk.learn.report")
-    rows = report.read_results(DOCS / "_static" / "learn" / "results.csv")
-    settings = report.settings(rows)
-    assert len(settings) >= 4 and {t for t, _, _ in settings} == {"digits", "needles"}
-    seeds = defaultdict(list)
-    for r in rows:
-        seeds[(r["task"], r["n"], r["k"], r["operator"])].append(r["seed"])
-    phases = sorted(report.SELECTION_SEEDS + report.CONFIRMATION_SEEDS)
-    assert all(sorted(ran) == phases for ran in seeds.values())  # every run on every seed of both phases
-    assert report.choose_default(rows) == f"sh-softmax-{shtopk.DEFAULT_BOOST:g}"
-    assert report.default_boost(rows) == shtopk.DEFAULT_BOOST
+    learn = DOCS / "_static" / "learn"
+    full = report.read_results(learn / "results.csv")
+    wide = report.read_results(learn / "wide" / "results.csv")
+    final = report.read_results(learn / "final" / "results.csv")
+    for rows, phases in (
+        (full, report.SELECTION_SEEDS + report.CONFIRMATION_SEEDS),
+        (wide, report.WIDE_CONFIRMATION_SEEDS),
+        (final, report.FINAL_CONFIRMATION_SEEDS),
+    ):
+        settings = report.settings(rows)
+        assert len(settings) >= 4 and {t for t, _, _ in settings} == {"digits", "needles"}
+        seeds = defaultdict(list)
+        for r in rows:
+            seeds[(r["task"], r["n"], r["k"], r["operator"])].append(r["seed"])
+        assert all(sorted(ran) == sorted(phases) for ran in seeds.values())  # every run on every seed of the phases
+    # the first choice, on the selection seeds; the second (the default), on all 16 seeds of the earlier phases
+    assert report.choose_default(full) == report.FIRST_CHOICE
+    assert report.choose_default(full + wide, report.SECOND_SELECTION_SEEDS) == f"sh-softmax-{shtopk.DEFAULT_BOOST:g}"
+    assert report.default_boost(full + wide, report.SECOND_SELECTION_SEEDS) == shtopk.DEFAULT_BOOST
+    assert report.library_default() == f"sh-softmax-{shtopk.DEFAULT_BOOST:g}"
 
 
 def test_the_nccs_study_covers_the_grid_and_the_default():

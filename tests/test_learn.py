@@ -139,29 +139,40 @@ def test_confirmation_seeds_never_choose_and_are_judged_against_their_own_best()
     assert "seeds 0-2" in summary and "seeds 6-8" in summary
 
 
-def test_wide_confirmation_judges_the_library_default_on_its_own_seeds():
+def test_wide_and_final_confirmations_judge_the_recorded_choices_on_their_own_seeds():
     from shtopk import DEFAULT_BOOST
 
     default = f"sh-softmax-{DEFAULT_BOOST:g}"
-    assert report.library_default() == default
+    assert report.library_default() == default and report.FIRST_CHOICE == "sh-softmax-3"
     assert report.WIDE_CONFIRMATION_SEEDS == tuple(range(9, 19))
-    assert not set(report.WIDE_CONFIRMATION_SEEDS) & set(report.SELECTION_SEEDS + report.CONFIRMATION_SEEDS)
-    rows = [
-        dict(task="t", n=n, k=1, operator=op, seed=s, steps=1, metric_name="m", hard=x, soft=x, recall=x, ms_per_step=1)
-        for n in (1, 2)
-        for s in report.WIDE_CONFIRMATION_SEEDS
-        for op, x in ((default, 0.9), ("sh-softmax-1", 0.95 if n == 1 else 0.9), ("iterative", 0.8))
-    ]
-    assert not report.shortfalls(rows)  # no selection seeds: nothing is chosen, the library default is judged
+    assert report.FINAL_CONFIRMATION_SEEDS == tuple(range(19, 29))
+    assert report.SECOND_SELECTION_SEEDS == (0, 1, 2, 6, 7, 8, *range(9, 19))
+    phases = [set(p) for p in report.PHASES]
+    assert all(not a & b for i, a in enumerate(phases) for b in phases[i + 1 :])  # disjoint seeds
+
+    def rows_for(seeds, judged):
+        return [
+            dict(task="t", n=n, k=1, operator=op, seed=s, steps=1, metric_name="m", hard=x, soft=x, recall=x)
+            | dict(ms_per_step=1)
+            for n in (1, 2)
+            for s in seeds
+            for op, x in ((judged, 0.9), ("sh-softmax-1.5", 0.95 if n == 1 else 0.9), ("iterative", 0.8))
+        ]
+
+    # without the seeds a choice was made on, the recorded choice is judged: the first on the wide seeds ...
+    rows = rows_for(report.WIDE_CONFIRMATION_SEEDS, report.FIRST_CHOICE)
+    assert not report.shortfalls(rows)
     text = report.verdict(rows)
-    assert f"Wide confirmation (seeds 9-18): {default} within noise of the best top-k operator on 1 of 2" in text
-    assert "not on t n=1 k=1 (0.900 vs sh-softmax-1 0.950 ± 0.000)" in text
-    assert "every setting in the wide confirmation: sh-softmax-1." in text
-    assert f"{default} ahead of iterative on 2 of 2 settings (seeds 9-18)." in text
-    assert "Confirmation (" not in text  # no seeds of the first confirmation ran
+    assert "Wide confirmation (seeds 9-18): sh-softmax-3 within noise of the best top-k operator on 1 of 2" in text
+    assert "not on t n=1 k=1 (0.900 vs sh-softmax-1.5 0.950 ± 0.000)" in text
+    assert "every setting in the wide confirmation: sh-softmax-1.5." in text
+    assert "sh-softmax-3 ahead of iterative on 2 of 2 settings (seeds 9-18)." in text
+    assert "Confirmation (" not in text and "Final" not in text  # no seeds of those phases ran
     assert "seeds 9-18" in report.table(rows)
-    only_baselines = [r for r in rows if r["operator"] == "iterative"]
-    assert report.verdict(only_baselines) == ""
+    # ... and the library's default, the second choice, on the final seeds
+    text = report.verdict(rows_for(report.FINAL_CONFIRMATION_SEEDS, default))
+    assert f"Final confirmation (seeds 19-28): {default} within noise of the best top-k operator on 1 of 2" in text
+    assert report.verdict([r for r in rows if r["operator"] == "iterative"]) == ""
 
 
 def test_annealed_prototype_follows_its_schedule_through_training():
@@ -185,6 +196,25 @@ def test_annealed_prototype_follows_its_schedule_through_training():
     assert [p for p in seen if p < 1.0] == [0.0, 0.5] and seen.count(1.0) == len(seen) - 2
     # opt-in prototypes are not in the full run
     assert not {o.name for o in opt_in()} & {o.name for o in operators()}
+
+
+def test_phases_table_counts_settings_within_noise_per_phase():
+    seeds = report.SELECTION_SEEDS + report.WIDE_CONFIRMATION_SEEDS
+    rows = [
+        dict(task="t", n=n, k=1, operator=op, seed=s, steps=1, metric_name="m", hard=x, soft=x, recall=x, ms_per_step=1)
+        for n in (1, 2)
+        for s in seeds
+        for op, x in (
+            ("sh-softmax-1", 0.9 if s < 3 else 0.95),
+            ("sh-softmax-3", 0.95 if s < 3 or n == 1 else 0.5),
+            ("oracle", 1.0),
+        )
+    ]
+    text = report.phases_table(rows)
+    assert "| operator | selection, seeds 0-2 | wide confirmation, seeds 9-18 |" in text
+    assert "| sh-softmax-1 | 0 of 2, 0.050 | 2 of 2, 0.000 |" in text  # the oracle is a reference, never the best
+    assert "| sh-softmax-3 | 2 of 2, 0.000 | 1 of 2, 0.450 |" in text
+    assert "oracle" not in text
 
 
 def test_seed_ranges(capsys):

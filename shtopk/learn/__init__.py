@@ -189,6 +189,13 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--report-only", action="store_true", help="rewrite summary.md and the plot from the CSV files in --out"
     )
+    parser.add_argument(
+        "--phases-from",
+        type=Path,
+        nargs="+",
+        metavar="DIR",
+        help="also write phases.md to --out: every phase of --out's and these directories' results side by side",
+    )
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
@@ -217,6 +224,9 @@ def main(argv=None) -> int:
     if outcome:
         text += "\n\n" + outcome
     (args.out / "summary.md").write_text(text + "\n")
+    if args.phases_from:
+        pooled = rows + [r for d in args.phases_from for r in report.read_results(d / "results.csv")]
+        (args.out / "phases.md").write_text(report.phases_table(pooled) + "\n\n" + report.verdict(pooled) + "\n")
     report.plot_curves(report.read_curves(args.out / "curves.csv"), args.out / "learning_curves.png")
     print(text)
     return 0

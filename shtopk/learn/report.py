@@ -254,6 +254,40 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def phases_table(rows: list[dict]) -> str:
+    """Markdown: per successive-halving setting and baseline, per phase, on how many settings it is within
+    noise of the best top-k operator on that phase's seeds, and its largest shortfall from that best."""
+    ran = {r["seed"] for r in rows}
+    phases = [tuple(sorted(ran & set(p))) for p in PHASES if ran & set(p)]
+    ops = [o for o in dict.fromkeys(r["operator"] for r in rows) if o not in REFERENCES]
+    names = {SELECTION_SEEDS: "selection", CONFIRMATION_SEEDS: "confirmation"}
+    names |= {WIDE_CONFIRMATION_SEEDS: "wide confirmation", FINAL_CONFIRMATION_SEEDS: "final confirmation"}
+    heads = [f"{names.get(next(q for q in PHASES if set(p) <= set(q)), '')}, {_seed_label(p)}" for p in phases]
+    lines = [
+        "| operator | " + " | ".join(heads) + " |",
+        "| --- |" + " --- |" * len(phases),
+    ]
+    summaries = [summarize(rows, p) for p in phases]
+    for op in ops:
+        cells = []
+        for summary in summaries:
+            grid = [s for s in settings(rows) if (*s, op) in summary]
+            if not grid:
+                cells.append("")
+                continue
+            best = {s: summary[(*s, best_operator(summary, s))]["hard"] for s in grid}
+            near = sum(within_noise(summary[(*s, op)]["hard"], best[s]) for s in grid)
+            gap = max(best[s][0] - summary[(*s, op)]["hard"][0] for s in grid)
+            cells.append(f"{near} of {len(grid)}, {gap:.3f}")
+        lines.append(f"| {op} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Each cell: the settings on which the operator is within noise of the best top-k operator on the same seeds,"
+        " and its largest shortfall from that best (mean test metric, exact top-k).",
+    ]
+    return "\n".join(lines)
+
+
 def _pm(ms: tuple[float, float]) -> str:
     return "n/a" if math.isnan(ms[0]) else f"{ms[0]:.3f} ± {ms[1]:.3f}"
 
