@@ -1,10 +1,13 @@
 """Aggregate the runs: mean +- std over seeds, the default rule, CSV files, tables and plots.
 
-The rule behind ``shtopk.DEFAULT_BOOST`` was fixed before the run it was
-applied to, in two phases on disjoint seeds: :func:`choose_default` picks a
-candidate on :data:`SELECTION_SEEDS` only; :func:`confirmation` then checks it
-on :data:`CONFIRMATION_SEEDS`, against the best top-k operator on those seeds
-(:func:`within_noise`), without changing the choice.
+The rule behind ``shtopk.DEFAULT_BOOST`` was fixed before the runs it was
+applied to, on disjoint seeds: :func:`choose_default` picked a candidate on
+:data:`SELECTION_SEEDS` (:data:`FIRST_CHOICE`); :func:`confirmation` checked it
+on :data:`CONFIRMATION_SEEDS` and :data:`WIDE_CONFIRMATION_SEEDS`, against the
+best top-k operator on those seeds (:func:`within_noise`). The same rule on all
+of those seeds (:data:`SECOND_SELECTION_SEEDS`) made the second choice, the
+default now, checked on :data:`FINAL_CONFIRMATION_SEEDS`. Each phase was fixed
+before its seeds ran.
 """
 
 from __future__ import annotations
