@@ -29,6 +29,16 @@ def test_cpu_table_runs_beside_a_busy_process():
     assert "competing" in lines[0] and "topk" not in lines[1] and len(lines) == 3
 
 
+def test_alloc_churn_runs_each_mode_in_a_process_of_its_own():
+    pytest.importorskip("torch")
+    lines = run(str(SCRIPTS / "alloc_churn.py"), "--batch", "2", "--n", "64", "--d", "8", "--k", "4", "--repeat", "2")
+    lines = lines.strip().splitlines()
+    assert "batch 2, n 64, d 8, k 4" in lines[0] and len(lines) == 4
+    assert lines[1].lstrip().startswith("numpy: np fwd") and "torch" not in lines[1]
+    assert lines[2].lstrip().startswith("torch: torch fwd") and "np fwd" not in lines[2]
+    assert "np bwd" in lines[3] and "torch bwd" in lines[3]
+
+
 def test_gpu_table_runs_on_the_cpu(tmp_path):
     pytest.importorskip("torch")
     csv_path = tmp_path / "rows.csv"
