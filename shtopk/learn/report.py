@@ -113,8 +113,13 @@ FIRST_CHOICE = "sh-softmax-3"
 SECOND_SELECTION_SEEDS = SELECTION_SEEDS + CONFIRMATION_SEEDS + WIDE_CONFIRMATION_SEEDS
 #: ... judged on ten further fresh seeds (``python -m shtopk.learn --seeds 19-28``, not part of the full run).
 FINAL_CONFIRMATION_SEEDS = tuple(range(19, 29))
-#: The phases, in table order.
-PHASES = (SELECTION_SEEDS, CONFIRMATION_SEEDS, WIDE_CONFIRMATION_SEEDS, FINAL_CONFIRMATION_SEEDS)
+#: The phases, in table order, and their names.
+PHASES = {
+    SELECTION_SEEDS: "selection",
+    CONFIRMATION_SEEDS: "confirmation",
+    WIDE_CONFIRMATION_SEEDS: "wide confirmation",
+    FINAL_CONFIRMATION_SEEDS: "final confirmation",
+}
 
 
 def is_candidate(operator: str) -> bool:
@@ -211,10 +216,15 @@ def confirmed(rows: list[dict], operator: str, seeds=CONFIRMATION_SEEDS) -> bool
     return bool(checks) and all(c[-1] for c in checks)
 
 
+def phases_run(rows: list[dict]) -> dict[tuple[int, ...], str]:
+    """The seeds of each phase that ``rows`` ran (phases that ran none left out) -> the phase's name."""
+    ran = {r["seed"] for r in rows}
+    return {tuple(sorted(ran & set(p))): name for p, name in PHASES.items() if ran & set(p)}
+
+
 def table(rows: list[dict]) -> str:
     """Markdown table: per setting, per operator, mean +- std over the seeds of each phase."""
-    ran = {r["seed"] for r in rows}
-    phases = [tuple(sorted(ran & set(p))) for p in PHASES if ran & set(p)]
+    phases = list(phases_run(rows))
     summaries = [summarize(rows, p) for p in phases]
     every = summarize(rows)
     ops = list(dict.fromkeys(r["operator"] for r in rows))
@@ -260,14 +270,10 @@ def table(rows: list[dict]) -> str:
 def phases_table(rows: list[dict]) -> str:
     """Markdown: per successive-halving setting and baseline, per phase, on how many settings it is within
     noise of the best top-k operator on that phase's seeds, and its largest shortfall from that best."""
-    ran = {r["seed"] for r in rows}
-    phases = [tuple(sorted(ran & set(p))) for p in PHASES if ran & set(p)]
+    phases = phases_run(rows)
     ops = [o for o in dict.fromkeys(r["operator"] for r in rows) if o not in REFERENCES]
-    names = {SELECTION_SEEDS: "selection", CONFIRMATION_SEEDS: "confirmation"}
-    names |= {WIDE_CONFIRMATION_SEEDS: "wide confirmation", FINAL_CONFIRMATION_SEEDS: "final confirmation"}
-    heads = [f"{names.get(next(q for q in PHASES if set(p) <= set(q)), '')}, {_seed_label(p)}" for p in phases]
     lines = [
-        "| operator | " + " | ".join(heads) + " |",
+        "| operator | " + " | ".join(f"{name}, {_seed_label(p)}" for p, name in phases.items()) + " |",
         "| --- |" + " --- |" * len(phases),
     ]
     summaries = [summarize(rows, p) for p in phases]
@@ -442,22 +448,19 @@ def verdict(rows: list[dict]) -> str:
             first = chosen
         else:
             second = chosen
-    for title, seeds, judged in (
-        ("Confirmation", CONFIRMATION_SEEDS, first),
-        ("Wide confirmation", WIDE_CONFIRMATION_SEEDS, first),
-        ("Final confirmation", FINAL_CONFIRMATION_SEEDS, second),
+    for seeds, judged in (
+        (CONFIRMATION_SEEDS, first),
+        (WIDE_CONFIRMATION_SEEDS, first),
+        (FINAL_CONFIRMATION_SEEDS, second),
     ):
-        lines += _confirmation_lines(rows, judged, title, seeds)
+        lines += _confirmation_lines(rows, judged, PHASES[seeds].capitalize(), seeds)
     return "\n".join(lines)
 
 
 def _seed_label(seeds) -> str:
-    seeds = sorted(seeds)
-    if len(seeds) > 1 and seeds == list(range(seeds[0], seeds[-1] + 1)):
-        return f"seeds {seeds[0]}-{seeds[-1]}"
-    if len(seeds) > 1:
-        return "seeds " + ", ".join(_seed_label(run).split(" ", 1)[1] for run in _runs(seeds))
-    return f"seed {seeds[0]}"
+    """``seed 7``, ``seeds 0-2``, ``seeds 0-2, 6-18``."""
+    text = ", ".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else f"{run[0]}" for run in _runs(sorted(seeds)))
+    return f"seeds {text}" if len(seeds) > 1 else f"seed {text}"
 
 
 def _runs(seeds: list[int]) -> list[list[int]]:
