@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import array_api_compat.numpy as xp_np
 import numpy as np
@@ -365,6 +366,9 @@ def test_scratch_is_carved_and_kept_when_small():
         assert (a == i + 1).all()  # no overlap
     again = cpu.scratch(layout)
     assert again[0].ctypes.data == arrays[0].ctypes.data  # kept for the next call
+    assert all(a is b for a, b in zip(again, arrays, strict=True))  # the same layout: the same views
+    other = cpu.scratch(layout[:2])
+    assert other[0].ctypes.data == arrays[0].ctypes.data and len(other) == 2
     huge = cpu.scratch([((cpu.SCRATCH_KEPT_BYTES + 8,), np.uint8)])[0]
     assert cpu.scratch(layout)[0].ctypes.data == arrays[0].ctypes.data  # the large one was not kept
     assert huge.base is not arrays[0].base
@@ -464,6 +468,35 @@ def test_busy_is_a_count(monkeypatch):
     assert cpu._sample is not None
     monkeypatch.setattr(cpu, "_sample", (cpu._sample[0] - 0.2, cpu._sample[1], cpu._sample[2]))
     assert 0 <= cpu._busy() <= os.cpu_count()
+
+
+def test_busy_reads_the_counters_once_per_window(monkeypatch):
+    """Within the 50 ms window the last estimate stands, without reading /proc/stat again."""
+    reads = []
+    monkeypatch.setattr(cpu, "_cpu_seconds", lambda: reads.append(1) or (time.monotonic(), 0.0, 0.0))
+    monkeypatch.setattr(cpu, "_busy_cores", 1)
+    monkeypatch.setattr(cpu, "_sample", (time.monotonic(), 0.0, 0.0))
+    assert cpu._busy() == 1 and not reads
+    monkeypatch.setattr(cpu, "_sample", (time.monotonic() - 0.2, 0.0, 0.0))
+    assert cpu._busy() == 0 and len(reads) == 1  # a new window: read, no CPU time used by others
+
+
+def test_serves_numpy_and_torch_cpu_of_supported_dtypes():
+    x = np.zeros(3, np.float32)
+    assert cpu.serves(x, np.zeros(3, bool), np.zeros(3, np.int64))
+    assert not cpu.serves()
+    assert not cpu.serves(x, np.zeros(3, ">f8"))  # non-native byte order
+    assert not cpu.serves(x, np.zeros(3, np.complex64))
+    assert not cpu.serves(x, [1.0, 2.0])  # not an array
+    if np.dtype(np.longdouble).itemsize > 8:
+        assert not cpu.serves(np.zeros(3, np.longdouble))
+    t = torch.zeros(3)
+    assert cpu.serves(t, torch.zeros(3, dtype=torch.bfloat16), torch.zeros(3, dtype=torch.int64))
+    assert not cpu.serves(t, x)  # two libraries
+    assert not cpu.serves(t, torch.zeros(3, dtype=torch.complex64))
+    assert not cpu.serves(t.requires_grad_())  # autograd is recording
+    with torch.no_grad():
+        assert cpu.serves(t)
 
 
 @pytest.fixture
