@@ -174,3 +174,26 @@ def test_the_torch_page_examples_run(monkeypatch):
         exec(compile(block, str(page), "exec"), namespace)  # our own documentation
     assert namespace["per_example"].shape == (5, 32) and namespace["jacobian"].shape == (4, 32)
     assert callable(namespace["train"])
+
+
+@pytest.mark.parametrize("name", ["sh", "iterative"])
+def test_forward_mode_ad_raises_even_without_requires_grad(rng, name):
+    """Forward-mode AD never gets silent zero tangents: inputs that do not require grad (jvp's
+    and dual tensors') still go through the autograd.Function, which says it has no jvp."""
+    E, v = data(rng, 8)
+    fn = OPERATORS[name]
+
+    def values(E_, v_):
+        return fn(E_, v_, 2).values
+
+    message = r"implement the jvp function"
+    with pytest.raises(NotImplementedError, match=message):
+        torch.func.jvp(values, (E, v), (torch.ones_like(E), torch.ones_like(v)))
+    with pytest.raises(NotImplementedError, match=message):
+        torch.func.jacfwd(values, argnums=1)(E, v)
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level(), pytest.raises(NotImplementedError, match=message):
+        values(E, fwAD.make_dual(v, torch.ones_like(v)))
+    with torch.no_grad(), pytest.raises(NotImplementedError, match=message):
+        torch.func.jvp(values, (E, v), (torch.ones_like(E), torch.ones_like(v)))
