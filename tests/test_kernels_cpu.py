@@ -46,6 +46,7 @@ CASES = [
     ((0,), 10, 2, 3),
     ((2,), 1, 1, 2),
     ((2,), 600, 5, 3),  # rows long enough for the first round's radix sort
+    ((2,), 640, 5, 3),  # n = k 2**R, no padding: the fused forward's gather without a sort of the pairs
 ]
 
 

@@ -239,6 +239,27 @@ def _gather_row_by_row(idx, w, skip, Eb, out, start, pair_slot, pair_w):  # prag
                 at += 1
 
 
+@njit(cache=True, error_model="numpy")
+def _gather_each_row_once(ind, wts, P, Eb, out, slot_of, w_of):  # pragma: no cover -- compiled
+    """:func:`_gather_row_by_row` of a selection in which every row of ``Eb`` (n, d) is a member
+    of exactly one slot (no padding, no invalid item): ``ind``/``wts`` (n), slot after slot
+    of ``P`` members. Each row's slot and weight are scattered into ``slot_of``/``w_of``
+    (scratch, n at least), then E is read front to back: the same sums, in the same
+    order, without grouping the pairs by a counting sort."""
+    n, d = Eb.shape
+    for q in range(n):
+        row = ind[q]
+        slot_of[row] = q // P
+        w_of[row] = wts[q]
+    out[:] = 0
+    for i in range(n):
+        o = out[slot_of[i]]
+        wt = w_of[i]
+        e = Eb[i]
+        for j in range(d):
+            o[j] += wt * e[j]
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
 def gather_sum_half(idx, w, skip, E, out, chunks, half):  # pragma: no cover -- compiled
     """:func:`gather_sum` for half precision E and ``out`` given as uint16 bits; float32 sums."""
@@ -607,12 +628,14 @@ def tournament(
     The gather-sum (a forward without record): the row's selection goes to the
     thread's ``sel_idx``/``sel_w`` (T, m) instead of ``indices``/``weights`` (then
     empty), and is summed in row order (:func:`_gather_row_by_row`, with ``starts``
-    (T, n + 1) and ``pair_slots``/``pair_ws`` (T, m)): the same values as
-    :func:`gather_sum_by_row` of the written selection, in one parallel call
-    without writing it to memory.
+    (T, n + 1) and ``pair_slots``/``pair_ws`` (T, m); without padding or invalid
+    items, where every row is in exactly one slot, :func:`_gather_each_row_once`
+    in the same scratch): the same values as :func:`gather_sum_by_row` of the
+    written selection, in one parallel call without writing it to memory.
     """
     B, m = s.shape
-    k_P = (k, m // k)
+    P = m // k
+    k_P = (k, P)
     gather = E.shape[0] > 0
     step = (B + chunks - 1) // chunks
     for c in prange(chunks):
@@ -662,7 +685,9 @@ def tournament(
                 weight_of_row,
                 inv_perm,
             )
-            if gather:
+            if gather and not masked:  # every row in exactly one slot: no sort of the pairs
+                _gather_each_row_once(ind, wts, P, E[b], out[b], starts[tid], pair_ws[tid])
+            elif gather:
                 for j in range(k):
                     skip[j] = scores[b, j] == consts[2]  # -inf: a slot of invalid members only
                 _gather_row_by_row(
