@@ -238,6 +238,52 @@ def test_tournament_long_rows_with_ties(rng, k, dtype):
     np.testing.assert_allclose(got.scores, want.scores, **TOL[dtype])
 
 
+def test_exp_of_the_pairs_is_within_one_ulp():
+    """The tournament's vectorizing float32 ``exp(-t)``: within 1 ulp of the correctly rounded
+    value for t in [0, 110] (subnormal results, 0 and t = inf included); float64 calls ``exp``."""
+    from numba import njit
+
+    from shtopk._kernels.numba_kernels import _exp_neg
+
+    @njit
+    def exp_neg(t, out):
+        for i in range(t.shape[0]):
+            out[i] = _exp_neg(t[i])
+
+    special = [0.0, 1e-30, 1e-8, 0.5, 87.3, 88.7, 103.2, 103.9, 104.0, 1e30, np.inf]
+    t = np.concatenate([np.linspace(0, 110, 400_001), special]).astype(np.float32)
+    got = np.empty_like(t)
+    exp_neg(t, got)
+    exact = np.exp(-t.astype(np.float64)).astype(np.float32)
+    assert np.abs(got.view(np.int32).astype(np.int64) - exact.view(np.int32)).max() <= 1
+    assert got[-1] == 0 and got[-2] == 0 and got[-len(special)] == 1
+    t64 = t.astype(np.float64)
+    got64 = np.empty_like(t64)
+    exp_neg(t64, got64)
+    np.testing.assert_array_max_ulp(got64, np.exp(-t64), maxulp=1)  # the C library's exp
+
+
+@pytest.mark.parametrize("spread", ["uniform", "narrow"])
+def test_tournament_merged_scores_far_out_of_order(rng, spread):
+    """Uniform(0, 1) or narrowly spread scores at boost 1: later rounds' merged scores are far
+    out of order (over one ascent in six), and sorted by radix rather than by insertion.
+    The plan is the neutral core's (float64: every order, exactly)."""
+    n, k = 4096, 4
+    v = rng.uniform(0, 1, (2, n)) if spread == "uniform" else 0.1 * rng.normal(size=(2, n))
+    valid, poison = np.ones(v.shape, bool), np.zeros(2, bool)
+    kw = dict(boost=1.0, weighting="softmax", order="score", record=True)
+    got = cpu.tournament(xp_np, v, valid, poison, k, **kw)
+    want = neutral_tournament(xp_np, v, valid, poison, k, **kw)
+    merged = [rd.w_hi * rd.s_hi + rd.w_lo * rd.s_lo for rd in want.rounds]
+    assert any(x.shape[-1] >= 256 and (np.diff(x, axis=-1) > 0).mean() > 1 / 6 for x in merged)
+    for r, (a, b) in enumerate(zip(got.rounds, want.rounds, strict=True)):
+        np.testing.assert_array_equal(a.order, b.order, err_msg=f"round {r}")
+    for name in ("indices", "slot_of_row", "inv_perm"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    np.testing.assert_allclose(got.weights, want.weights, **TOL["float64"])
+    np.testing.assert_allclose(got.scores, want.scores, **TOL["float64"])
+
+
 @pytest.mark.parametrize("library", ["numpy", "torch"])
 @pytest.mark.parametrize("order", ["score", "input"])
 @pytest.mark.parametrize("weighting", ["softmax", "power"])

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import get_thread_id, njit, prange, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 # ---------------------------------------------------------------- half precision
 
@@ -97,6 +97,41 @@ def _descending_key(typingctx, x):
         return key if width == 64 else builder.zext(key, ir.IntType(64))
 
     return types.uint64(x), codegen
+
+
+def _exp_neg(t):  # pragma: no cover -- compiled (see the overload below)
+    """``exp(-t)`` for ``t >= 0`` (``+inf`` included, never NaN), in the dtype of ``t``."""
+    return np.exp(-t)
+
+
+@overload(_exp_neg, inline="always")
+def _exp_neg_typed(t):
+    """float32: the Cephes ``expf`` (range reduction by ``ln 2``, a degree-6 polynomial,
+    the power of two from its bits), written so that loops over it vectorize. Within 1
+    ulp of the correctly rounded value (as glibc's ``expf``; NumPy's float32 ``exp`` is
+    within 3), subnormal results included; at 0.4 ns per item against 2.5 for a call
+    of ``expf`` per item (measured). Other dtypes: ``np.exp``."""
+    if t != types.float32:
+        return lambda t: np.exp(-t)
+
+    def impl(t):
+        x = max(-t, np.float32(-104.0))  # exp(-104) rounds to 0 in float32
+        fn = np.floor(x * np.float32(1.44269504088896341) + np.float32(0.5))
+        r = x - fn * np.float32(0.693359375) - fn * np.float32(-2.12194440e-4)
+        p = np.float32(1.9875691500e-4)
+        p = p * r + np.float32(1.3981999507e-3)
+        p = p * r + np.float32(8.3334519073e-3)
+        p = p * r + np.float32(4.1665795894e-2)
+        p = p * r + np.float32(1.6666665459e-1)
+        p = p * r + np.float32(5.0000001201e-1)
+        p = p * (r * r) + r + np.float32(1.0)
+        n = np.int32(fn)
+        low = n < -126  # a subnormal result: scale by 2**(n + 64), then by 2**-64
+        scale = _u32_as_f32(np.uint32((n + np.int32(64) if low else n) + np.int32(127)) << np.uint32(23))
+        y = p * scale
+        return y * np.float32(5.421010862427522e-20) if low else y
+
+    return impl
 
 
 @njit(inline="always")
@@ -448,8 +483,26 @@ def _sort_desc(keys, idx, ktmp, itmp, runs):  # pragma: no cover -- compiled
         idx[:] = src_i
 
 
-#: Moves per item an insertion sort may make before it gives up (for a merge sort).
+#: Moves per item an insertion sort may make before it gives up (for a radix or merge sort).
 _INSERTION_MOVES = 4
+
+#: Merged scores with more than one ascent per this many items are sorted by radix, not by
+#: insertion (see :func:`_ascents`).
+_ASCENTS_FOR_RADIX = 6
+
+
+@njit(cache=True, error_model="numpy")
+def _ascents(x):  # pragma: no cover -- compiled
+    """How many neighbours of ``x`` are in ascending order (``x[i] < x[i + 1]``): one pass that
+    vectorizes, to tell merged scores that an insertion sort puts in order in a few moves
+    per item from those it would not. Measured on rounds of 256-8192 merged scores at
+    boost 1: normal scores 10-15% ascents, 1-1.3 places from where they belong;
+    uniform(0, 1) or narrowly spread scores 17-43%, 4-42 places (an insertion sort
+    then costs 2-3x a radix sort)."""
+    c = 0
+    for i in range(1, x.shape[0]):
+        c += x[i - 1] < x[i]
+    return c
 
 
 @njit(cache=True, error_model="numpy")
@@ -460,7 +513,8 @@ def _insertion_sort_desc(keys, idx, budget):  # pragma: no cover -- compiled
     The merged scores of a round mostly follow the order of their pairs (measured:
     items are about 1-2 places from where they belong, at boosts 1-70), so the
     later rounds sort in a few moves per item, against ~8 ns per item for a radix
-    sort; scores out of order for any reason fall back to :func:`_sort_desc`.
+    sort; scores out of order for any reason fall back to the radix sort (long rows)
+    or to :func:`_sort_desc`.
     """
     moves = 0
     for a in range(1, keys.shape[0]):
@@ -764,30 +818,41 @@ def _tournament_row(
         h = M // 2
         o = orders[full_off : full_off + M]
         sw = sorted_w[full_off : full_off + M]
-        if M == m and M >= _RADIX_MIN:  # the scores as given: radix
-            _radix_order(cur[:M], o, ukeys[:M], utmp[:M], itmp[:M], hist)
-            for i in range(M):
-                keys[i] = cur[o[i]]
-        else:  # short rows as given: a merge sort; merged scores (mostly in order): insertion first
+        # long rows by radix: the scores as given, and merged scores far out of order; merged
+        # scores mostly in order by insertion; short rows as given (or whose insertion gives up)
+        # by a merge sort (all three stable: the same order)
+        radix = M >= _RADIX_MIN and (M == m or _ascents(cur[:M]) * _ASCENTS_FOR_RADIX > M)
+        if not radix:
             for i in range(M):
                 keys[i] = cur[i]
                 pos[i] = i
             if M == m or not _insertion_sort_desc(keys[:M], pos[:M], _INSERTION_MOVES * M):
-                _sort_desc(keys[:M], pos[:M], ktmp[:M], itmp[:M], runs)
-            o[:] = pos[:M]
-        if fast:
+                radix = M >= _RADIX_MIN
+                if not radix:
+                    _sort_desc(keys[:M], pos[:M], ktmp[:M], itmp[:M], runs)
+            if not radix:
+                o[:] = pos[:M]
+        if radix:
+            _radix_order(cur[:M], o, ukeys[:M], utmp[:M], itmp[:M], hist)
+            for i in range(M):
+                keys[i] = cur[o[i]]
+        if fast:  # in three loops that each vectorize (ktmp is free until the next sort)
+            ee = ktmp[:h]
+            last = np.uint64(M - 1)  # unsigned indices: no wraparound check, which stops vectorizing
+            for i in range(h):
+                ee[i] = _exp_neg(boost * (keys[i] - keys[last - np.uint64(i)]))
             for i in range(h):
                 sh = keys[i]
-                sl = keys[M - 1 - i]
-                e = np.exp(-(boost * (sh - sl)))
+                sl = keys[last - np.uint64(i)]
+                e = ee[i]
                 one_e = one + e
                 wh = one / one_e
                 wl = e / one_e
-                merged = wh * sh + wl * sl
-                cur[i] = merged
+                cur[i] = wh * sh + wl * sl
                 sw[i] = wh
-                sw[M - 1 - i] = wl
-                fast &= abs(merged) <= big  # (sums of two scores near the largest may round up)
+                sw[last - np.uint64(i)] = wl
+            for i in range(h):
+                fast &= abs(cur[i]) <= big  # (sums of two scores near the largest may round up)
             if record:
                 for i in range(h):
                     sh = keys[i]
