@@ -257,6 +257,9 @@ def test_exp_of_the_pairs_is_within_one_ulp():
     exact = np.exp(-t.astype(np.float64)).astype(np.float32)
     assert np.abs(got.view(np.int32).astype(np.int64) - exact.view(np.int32)).max() <= 1
     assert got[-1] == 0 and got[-2] == 0 and got[-len(special)] == 1
+    nan = np.array([np.nan], np.float32)
+    exp_neg(nan, nan)
+    assert np.isnan(nan[0])
     t64 = t.astype(np.float64)
     got64 = np.empty_like(t64)
     exp_neg(t64, got64)

@@ -100,11 +100,11 @@ def _descending_key(typingctx, x):
 
 
 def _exp_neg(t):  # pragma: no cover -- compiled (see the overload below)
-    """``exp(-t)`` for ``t >= 0`` (``+inf`` included, never NaN), in the dtype of ``t``."""
+    """``exp(-t)`` for ``t >= 0`` (``+inf`` included; NaN gives NaN), in the dtype of ``t``."""
     return np.exp(-t)
 
 
-@overload(_exp_neg, inline="always")
+@overload(_exp_neg)
 def _exp_neg_typed(t):
     """float32: the Cephes ``expf`` (range reduction by ``ln 2``, a degree-6 polynomial,
     the power of two from its bits), written so that loops over it vectorize. Within 1
@@ -115,7 +115,7 @@ def _exp_neg_typed(t):
         return lambda t: np.exp(-t)
 
     def impl(t):
-        x = max(-t, np.float32(-104.0))  # exp(-104) rounds to 0 in float32
+        x = max(-t, np.float32(-104.0))  # exp(-104) rounds to 0 in float32 (NaN stays NaN)
         fn = np.floor(x * np.float32(1.44269504088896341) + np.float32(0.5))
         r = x - fn * np.float32(0.693359375) - fn * np.float32(-2.12194440e-4)
         p = np.float32(1.9875691500e-4)
@@ -501,7 +501,8 @@ def _ascents(x):  # pragma: no cover -- compiled
     then costs 2-3x a radix sort)."""
     c = 0
     for i in range(1, x.shape[0]):
-        c += x[i - 1] < x[i]
+        u = np.uint64(i)  # (unsigned: no wraparound check, so that the loop vectorizes)
+        c += x[u - np.uint64(1)] < x[u]
     return c
 
 
@@ -803,11 +804,11 @@ def _tournament_row(
     )
     cur, keys, ktmp = fbuf[0], fbuf[1], fbuf[2]
     cur[:] = s[b]
-    # finite scores (no invalid item, no +-inf) under the softmax weighting: the pairs'
-    # weights without the fix-ups for invalid members and infinite scores (the same values)
+    # scores finite or invalid (-inf), none +inf, under the softmax weighting: the weights of
+    # pairs of two finite members without the fix-ups for invalid or infinite ones
     fast = not power
     for i in range(m):
-        fast &= abs(cur[i]) <= big
+        fast &= cur[i] <= big  # finite or -inf (invalid)
     pos, itmp, runs = ibuf[0, :m], ibuf[1, :m], ibuf[2]
     perm, key, key_tmp = kbuf[0], kbuf[1], kbuf[2]
     ukeys, utmp = ubuf[0], ubuf[1]
@@ -836,40 +837,15 @@ def _tournament_row(
             _radix_order(cur[:M], o, ukeys[:M], utmp[:M], itmp[:M], hist)
             for i in range(M):
                 keys[i] = cur[o[i]]
-        if fast:  # in three loops that each vectorize (ktmp is free until the next sort)
-            ee = ktmp[:h]
-            last = np.uint64(M - 1)  # unsigned indices: no wraparound check, which stops vectorizing
-            for i in range(h):
-                ee[i] = _exp_neg(boost * (keys[i] - keys[last - np.uint64(i)]))
-            for i in range(h):
-                sh = keys[i]
-                sl = keys[last - np.uint64(i)]
-                e = ee[i]
-                one_e = one + e
-                wh = one / one_e
-                wl = e / one_e
-                cur[i] = wh * sh + wl * sl
-                sw[i] = wh
-                sw[last - np.uint64(i)] = wl
-            for i in range(h):
-                fast &= abs(cur[i]) <= big  # (sums of two scores near the largest may round up)
-            if record:
-                for i in range(h):
-                    sh = keys[i]
-                    sl = keys[M - 1 - i]
-                    p = half_off + i
-                    w_hi[b, p] = sw[i]
-                    w_lo[b, p] = sw[M - 1 - i]
-                    s_hi0[b, p] = sh
-                    s_lo0[b, p] = sl
-                    gap[b, p] = zero if sh == sl else min(sh - sl, big)  # finite_gap
-                    t_out[b, p] = boost * (sh - sl)
-                    lo_valid[b, p] = True
-            full_off += M
-            half_off += h
-            M = h
-            continue
-        for i in range(h):
+        # pairs [0, lo) by the general formulas; [lo, h), whose members are both finite, without
+        # their fix-ups (the same values), in loops that vectorize. Invalid items (-inf) sort
+        # last, so in a row of finite and invalid items only the first pairs have an invalid member.
+        lo = h
+        if fast:
+            lo = 0
+            while lo < h and keys[M - 1 - lo] == neg_inf:
+                lo += 1
+        for i in range(lo):
             sh = keys[i]
             sl = keys[M - 1 - i]
             hv = sh > neg_inf
@@ -882,7 +858,7 @@ def _tournament_row(
             else:
                 sl0 = sh0
             t = _pair_gap(sh0, sl0, boost, lb, cap, power, zero)
-            e = np.exp(-t)
+            e = _exp_neg(t)
             one_e = one + e
             if lv:
                 wh = one / one_e
@@ -903,6 +879,38 @@ def _tournament_row(
                 gap[b, p] = zero if sh0 == sl0 else min(sh0 - sl0, big)  # finite_gap
                 t_out[b, p] = t
                 lo_valid[b, p] = lv
+        if lo < h:  # (ktmp is free until the next sort)
+            ee = ktmp[:h]
+            # unsigned indices: no check for negative ones (wraparound), which stops vectorizing
+            last = np.uint64(M - 1)
+            for i in range(lo, h):
+                u = np.uint64(i)
+                ee[u] = _exp_neg(boost * (keys[u] - keys[last - u]))
+            for i in range(lo, h):
+                u = np.uint64(i)
+                sh = keys[u]
+                sl = keys[last - u]
+                e = ee[u]
+                one_e = one + e
+                wh = one / one_e
+                wl = e / one_e
+                cur[u] = wh * sh + wl * sl
+                sw[u] = wh
+                sw[last - u] = wl
+            for i in range(lo, h):
+                fast &= cur[np.uint64(i)] <= big  # (sums of two scores near the largest may round up)
+            if record:
+                for i in range(lo, h):
+                    sh = keys[i]
+                    sl = keys[M - 1 - i]
+                    p = half_off + i
+                    w_hi[b, p] = sw[i]
+                    w_lo[b, p] = sw[M - 1 - i]
+                    s_hi0[b, p] = sh
+                    s_lo0[b, p] = sl
+                    gap[b, p] = zero if sh == sl else min(sh - sl, big)  # finite_gap
+                    t_out[b, p] = boost * (sh - sl)
+                    lo_valid[b, p] = True
         full_off += M
         half_off += h
         M = h
