@@ -154,6 +154,30 @@ def test_tournament_gather_is_tournament_then_gather(monkeypatch, rng, case, spe
     assert values.dtype == flat.E.dtype and scores.dtype == flat.s.dtype
 
 
+@pytest.mark.parametrize("mask", [False, True])
+def test_tournament_gather_with_inf_in_E(monkeypatch, rng, mask):
+    """Slots with invalid members (padding, masked items) add their zero-weight members'
+    ``0 * E[first]`` in the fused forward too: NaN where that row holds inf, exactly as the
+    two calls (and the neutral gather-sum) give."""
+    monkeypatch.setattr(cpu, "_cores", lambda: 1)
+    E, v = rng.normal(size=(4, 37, 3)), rng.normal(size=(4, 37))
+    E[:2, :, 0] = np.inf
+    E[1, ::3, 1] = np.nan
+    keep = rng.random((4, 37)) < 0.7 if mask else None
+    flat = flatten_inputs(check_inputs(E, v, 5, keep))
+    kw = dict(boost=1.5, weighting="softmax", order="score")
+    values, scores = cpu.tournament_gather(xp_np, flat.s, flat.valid, flat.poison, flat.E, 5, **kw)
+    sel = cpu.tournament(xp_np, flat.s, flat.valid, flat.poison, 5, **kw)
+    two_calls = cpu.gather_sum(xp_np, sel.indices, sel.weights, sel.scores, flat.E)
+    np.testing.assert_array_equal(scores, sel.scores)
+    np.testing.assert_array_equal(values, two_calls)
+    assert np.isnan(values[0, :, 0]).any()  # a slot with an invalid member
+    if not mask:  # 3 padding items: a slot without any
+        assert np.isinf(values[0, :, 0]).any()
+    reference = neutral_gather_sum(xp_np, sel.indices, sel.weights, sel.scores, flat.E)
+    np.testing.assert_allclose(values, reference, **TOL["float64"])  # (NaN where NaN, inf where inf)
+
+
 def test_tournament_gather_declines(monkeypatch, rng):
     """Half-precision E, E of another dtype than the scores, and batches too small for every core
     to take a batch row: the two calls instead (None), and the public forward is the same."""

@@ -275,24 +275,47 @@ def _gather_row_by_row(idx, w, skip, Eb, out, start, pair_slot, pair_w):  # prag
 
 
 @njit(cache=True, error_model="numpy")
-def _gather_each_row_once(ind, wts, P, Eb, out, slot_of, w_of):  # pragma: no cover -- compiled
-    """:func:`_gather_row_by_row` of a selection in which every row of ``Eb`` (n, d) is a member
-    of exactly one slot (no padding, no invalid item): ``ind``/``wts`` (n), slot after slot
-    of ``P`` members. Each row's slot and weight are scattered into ``slot_of``/``w_of``
-    (scratch, n at least), then E is read front to back: the same sums, in the same
-    order, without grouping the pairs by a counting sort."""
+def _gather_each_row_once(ind, wts, P, skip, Eb, out, slot_of, w_of, repeated):  # pragma: no cover
+    """:func:`_gather_row_by_row` of a batch row's selection (``ind``/``wts``: slot after slot of
+    ``P`` members) in which each row of ``Eb`` (n, d) is a member of one slot at most,
+    but for the invalid members, which repeat their slot's first (valid) member with
+    weight 0; no poisoned row (whose weights are NaN). ``slot_of``/``w_of``/``repeated``
+    (n at least) are scratch.
+
+    Each row's slot and weight are scattered (one pass over the members), then E
+    is read front to back, each member row added into its slot: the same sums in
+    the same order as grouping the pairs by row with a counting sort, which this
+    spares. A repeated row adds ``0 * E[row]`` once more, as its zero-weight pairs
+    would (NaN where that row holds inf or NaN; adding +0 once or several times is
+    the same).
+    """
     n, d = Eb.shape
-    for q in range(n):
+    zero = wts.dtype.type(0)
+    slot_of[:n] = -1
+    for q in range(ind.shape[0]):
+        j = q // P
+        if skip[j]:
+            continue
         row = ind[q]
-        slot_of[row] = q // P
-        w_of[row] = wts[q]
+        if slot_of[row] < 0:
+            slot_of[row] = j
+            w_of[row] = wts[q]
+            repeated[row] = 0
+        else:
+            repeated[row] = 1
     out[:] = 0
     for i in range(n):
-        o = out[slot_of[i]]
+        j = slot_of[i]
+        if j < 0:
+            continue
+        o = out[j]
         wt = w_of[i]
         e = Eb[i]
-        for j in range(d):
-            o[j] += wt * e[j]
+        for c in range(d):
+            o[c] += wt * e[c]
+        if repeated[i]:
+            for c in range(d):
+                o[c] += zero * e[c]
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -683,10 +706,10 @@ def tournament(
     The gather-sum (a forward without record): the row's selection goes to the
     thread's ``sel_idx``/``sel_w`` (T, m) instead of ``indices``/``weights`` (then
     empty), and is summed in row order (:func:`_gather_row_by_row`, with ``starts``
-    (T, n + 1) and ``pair_slots``/``pair_ws`` (T, m); without padding or invalid
-    items, where every row is in exactly one slot, :func:`_gather_each_row_once`
-    in the same scratch): the same values as :func:`gather_sum_by_row` of the
-    written selection, in one parallel call without writing it to memory.
+    (T, n + 1) and ``pair_slots``/``pair_ws`` (T, m); but for poisoned rows, by
+    :func:`_gather_each_row_once` in the same scratch): the same values as
+    :func:`gather_sum_by_row` of the written selection, in one parallel call
+    without writing it to memory.
     """
     B, m = s.shape
     P = m // k
@@ -740,14 +763,14 @@ def tournament(
                 weight_of_row,
                 inv_perm,
             )
-            if gather and not masked:  # every row in exactly one slot: no sort of the pairs
-                _gather_each_row_once(ind, wts, P, E[b], out[b], starts[tid], pair_ws[tid])
-            elif gather:
+            if gather:
                 for j in range(k):
                     skip[j] = scores[b, j] == consts[2]  # -inf: a slot of invalid members only
-                _gather_row_by_row(
-                    ind.reshape(k_P), wts.reshape(k_P), skip, E[b], out[b], starts[tid], pair_slots[tid], pair_ws[tid]
-                )
+                st, ps, pw = starts[tid], pair_slots[tid], pair_ws[tid]
+                if not poison[b]:  # each row in one slot at most (but the invalid ones)
+                    _gather_each_row_once(ind, wts, P, skip, E[b], out[b], st, pw, ps)
+                else:
+                    _gather_row_by_row(ind.reshape(k_P), wts.reshape(k_P), skip, E[b], out[b], st, ps, pw)
 
 
 @njit(cache=True, error_model="numpy")
