@@ -311,6 +311,28 @@ def test_tournament_merged_scores_far_out_of_order(rng, spread):
     np.testing.assert_allclose(got.scores, want.scores, **TOL["float64"])
 
 
+def test_tournament_merged_scores_with_few_ascents_far_out_of_order():
+    """Merged scores with one ascent but a block that must move 256 places (the insertion sort
+    gives up after 4 moves per item): sorted by radix then, and the plan is the neutral core's."""
+    i = np.arange(512.0)
+    top = 5000 - 3 * i  # the first round's higher members, and merged (about halfway: boost 1e-9) ...
+    merged = np.where(i < 256, 1000 - i, 1756 - i)  # ... into two descending blocks, the second higher
+    bottom = 2 * merged - top  # the lower members, ascending with i
+    v = np.stack([np.concatenate([top, bottom]), np.concatenate([bottom, top])[::-1]])
+    valid, poison = np.ones(v.shape, bool), np.zeros(2, bool)
+    kw = dict(boost=1e-9, weighting="softmax", order="score", record=True)
+    got = cpu.tournament(xp_np, v, valid, poison, 256, **kw)
+    want = neutral_tournament(xp_np, v, valid, poison, 256, **kw)
+    rd = want.rounds[0]
+    m = (rd.w_hi * rd.s_hi + rd.w_lo * rd.s_lo)[0]
+    assert (np.diff(m) > 0).sum() == 1  # few ascents: the insertion sort is tried first
+    assert (m[:, None] < m[None, :])[np.triu_indices(512, 1)].sum() > 4 * 512  # more moves than it may make
+    for r, (a, b) in enumerate(zip(got.rounds, want.rounds, strict=True)):
+        np.testing.assert_array_equal(a.order, b.order, err_msg=f"round {r}")
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_allclose(got.weights, want.weights, **TOL["float64"])
+
+
 @pytest.mark.parametrize("library", ["numpy", "torch"])
 @pytest.mark.parametrize("order", ["score", "input"])
 @pytest.mark.parametrize("weighting", ["softmax", "power"])

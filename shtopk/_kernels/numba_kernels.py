@@ -705,9 +705,9 @@ def tournament(
 
     The gather-sum (a forward without record): the row's selection goes to the
     thread's ``sel_idx``/``sel_w`` (T, m) instead of ``indices``/``weights`` (then
-    empty), and is summed in row order (:func:`_gather_row_by_row`, with ``starts``
-    (T, n + 1) and ``pair_slots``/``pair_ws`` (T, m); but for poisoned rows, by
-    :func:`_gather_each_row_once` in the same scratch): the same values as
+    empty), and is summed in row order (:func:`_gather_each_row_once`, with ``starts``
+    (T, n + 1) and ``pair_slots``/``pair_ws`` (T, m) as its scratch; poisoned rows,
+    whose weights are all NaN, by :func:`_gather_row_by_row`): the same values as
     :func:`gather_sum_by_row` of the written selection, in one parallel call
     without writing it to memory.
     """
