@@ -106,19 +106,14 @@ def serves(*arrays: Any) -> bool:
     """
     if not arrays:
         return False
-    if isinstance(arrays[0], np.ndarray):
-        if not all(isinstance(x, np.ndarray) and _numpy_dtype_ok(x.dtype) for x in arrays):
-            return False
-    elif all(is_torch_array(x) for x in arrays):
+    if all(is_torch_array(x) for x in arrays):
         import torch
 
         if torch.is_grad_enabled() and any(x.requires_grad for x in arrays):
             return False
-        if not all(_supported(x) for x in arrays):
-            return False
-    else:
+    elif not all(isinstance(x, np.ndarray) for x in arrays):
         return False
-    return available()
+    return all(_supported(x) for x in arrays) and available()
 
 
 # ---------------------------------------------------------------- zero-copy views
