@@ -197,3 +197,48 @@ def test_forward_mode_ad_raises_even_without_requires_grad(rng, name):
         values(E, fwAD.make_dual(v, torch.ones_like(v)))
     with torch.no_grad(), pytest.raises(NotImplementedError, match=message):
         torch.func.jvp(values, (E, v), (torch.ones_like(E), torch.ones_like(v)))
+
+
+def test_eager_calls_skip_the_dispatcher_yet_modes_and_the_profiler_see_the_ops(rng, monkeypatch):
+    """Plain eager calls (parameters too) run the ops' bodies without the dispatcher; a dispatch
+    mode and the profiler still see ``shtopk::topk`` and ``shtopk::topk_backward``, with the same
+    values and gradients either way."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from shtopk import _torch_ops
+
+    calls = []
+    for name in ("topk", "topk_backward"):
+        op = getattr(_torch_ops, name)
+        monkeypatch.setattr(_torch_ops, name, lambda *a, _op=op, _name=name: calls.append(_name) or _op(*a))
+
+    class Seen(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.add(str(func))
+            return func(*args, **(kwargs or {}))
+
+    E0, v0 = data(rng, 3, 16)
+    d_values = torch.from_numpy(rng.normal(size=(3, 4, 4)))
+
+    def step():
+        E, v = torch.nn.Parameter(E0.clone()), v0.clone().requires_grad_()
+        out = shtopk.successive_halving_topk(E, v, 4, boost=3.0)
+        out.values.backward(d_values)
+        return out.values.detach(), E.grad, v.grad
+
+    plain = step()
+    assert calls == []
+    with Seen() as mode:
+        seen = step()
+    assert {"shtopk.topk.default", "shtopk.topk_backward.default"} <= mode.ops
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        profiled = step()
+    assert {"shtopk::topk", "shtopk::topk_backward"} <= {e.key for e in prof.key_averages()}
+    assert calls == ["topk", "topk_backward"] * 2
+    for a, b, c in zip(plain, seen, profiled, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(a, c, rtol=0, atol=0)
