@@ -39,23 +39,21 @@ class SuccessiveHalving:
         )
 
     def forward(self, flat: Flat, *, record: bool = False) -> tuple[Any, Any, Any]:
-        """``(values, scores, selection)``; without ``record`` the selection is None (an
-        engine may apply it without ever writing it to memory)."""
-        if not record:
-            values, scores = selection_values(
-                flat.xp,
-                flat.s,
-                flat.valid,
-                flat.poison,
-                flat.E,
-                flat.k,
-                boost=self.boost,
-                weighting=self.weighting,
-                order=self.order,
-            )
-            return values, scores, None
-        sel = self.plan(flat, record=True)
-        return gather_sum(flat.xp, sel.indices, sel.weights, sel.scores, flat.E), sel.scores, sel
+        """``(values, scores, selection)``; without ``record`` the selection is None, and with it
+        it holds what the backward reads (an engine may apply it without ever writing its
+        plan layout, ``indices`` and ``weights``, to memory)."""
+        return selection_values(
+            flat.xp,
+            flat.s,
+            flat.valid,
+            flat.poison,
+            flat.E,
+            flat.k,
+            boost=self.boost,
+            weighting=self.weighting,
+            order=self.order,
+            record=record,
+        )
 
     def backward(
         self, flat: Flat, saved: Any, d_values: Any, d_scores: Any, *, need_dE: bool = True, need_dv: bool = True

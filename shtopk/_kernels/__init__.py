@@ -188,20 +188,34 @@ def tournament(
 
 
 def selection_values(
-    xp: Any, s: Any, valid: Any, poison: Any, E: Any, k: int, *, boost: float, weighting: str, order: str
-) -> tuple[Any, Any]:
-    """``(values, scores)``: the tournament's selection (without record) applied to E.
+    xp: Any,
+    s: Any,
+    valid: Any,
+    poison: Any,
+    E: Any,
+    k: int,
+    *,
+    boost: float,
+    weighting: str,
+    order: str,
+    record: bool = False,
+) -> tuple[Any, Any, Selection | None]:
+    """``(values, scores, selection)``: the tournament's selection applied to E; the selection
+    (with its record for the backward) only with ``record``, else None.
 
-    The compiled CPU engine runs both in one call, without writing the selection
-    to memory (:func:`.cpu.tournament_gather`); elsewhere, and where that call does
-    not apply, :func:`tournament` then :func:`gather_sum`.
+    The compiled CPU engine runs both in one call, without writing the plan layout
+    to memory (:func:`.cpu.tournament_gather`: a recorded selection then has None for
+    ``indices`` and ``weights``, which the backward does not read); elsewhere, and where
+    that call does not apply, :func:`tournament` then :func:`gather_sum`.
     """
     if engine(s, valid, poison, E) == "numba":
-        fused = cpu.tournament_gather(xp, s, valid, poison, E, k, boost=boost, weighting=weighting, order=order)
+        fused = cpu.tournament_gather(
+            xp, s, valid, poison, E, k, boost=boost, weighting=weighting, order=order, record=record
+        )
         if fused is not None:
             return fused
-    sel = tournament(xp, s, valid, poison, k, boost=boost, weighting=weighting, order=order)
-    return gather_sum(xp, sel.indices, sel.weights, sel.scores, E), sel.scores
+    sel = tournament(xp, s, valid, poison, k, boost=boost, weighting=weighting, order=order, record=record)
+    return gather_sum(xp, sel.indices, sel.weights, sel.scores, E), sel.scores, sel if record else None
 
 
 def tournament_backward(xp: Any, sel: Selection, dw_items: Any, d_scores: Any, boost: float, weighting: str) -> Any:

@@ -404,12 +404,26 @@ def _row_scratch(
 
 
 def tournament_gather(
-    xp: Any, s: Any, valid: Any, poison: Any, E: Any, k: int, *, boost: float, weighting: str, order: str
-) -> tuple[Any, Any] | None:
-    """``(values, scores)``: :func:`tournament` then :func:`gather_sum` as one kernel call,
-    in parallel over batch rows, without writing the selection to memory; None where
-    the two calls would not read E in row order (:func:`_by_row`), for half-precision E,
-    and for E of another dtype than the scores (the gather-sum would cast the weights)."""
+    xp: Any,
+    s: Any,
+    valid: Any,
+    poison: Any,
+    E: Any,
+    k: int,
+    *,
+    boost: float,
+    weighting: str,
+    order: str,
+    record: bool = False,
+) -> tuple[Any, Any, Selection | None] | None:
+    """``(values, scores, selection)``: :func:`tournament` then :func:`gather_sum` as one
+    kernel call, in parallel over batch rows, without writing the plan layout (``indices``,
+    ``weights``) to memory; None where the two calls would not read E in row order
+    (:func:`_by_row`), for half-precision E, and for E of another dtype than the scores
+    (the gather-sum would cast the weights).
+
+    With ``record``, the selection holds the rounds, the row layout and ``inv_perm``
+    (what the backward reads) and None for ``indices`` and ``weights``; without, it is None."""
     _require()
     if _half_kind(E) or E.dtype != s.dtype:
         return None
@@ -417,8 +431,10 @@ def tournament_gather(
     (B, _, d), P = E_h.shape, 1 << n_rounds(s.shape[-1], k)
     if not (B * k and d and _by_row(B, P, d * E_h.itemsize)):
         return None
-    sel, _, out = _run_tournament(s, valid, poison, k, boost, weighting, order, record=False, E_h=E_h)
-    return _wrap(out, E), _wrap(sel[2], s)
+    sel, fields, out = _run_tournament(s, valid, poison, k, boost, weighting, order, record=record, E_h=E_h)
+    scores = _wrap(sel[2], s)
+    recorded = _recorded(None, None, scores, sel[3:], fields, s, k << n_rounds(s.shape[-1], k), k) if record else None
+    return _wrap(out, E), scores, recorded
 
 
 def tournament(
@@ -445,19 +461,23 @@ def tournament(
     )
     if not record:
         return Selection(_wrap(indices, s), _wrap(weights, s), _wrap(scores, s))
+    m = indices.shape[1] * indices.shape[2]
+    rows = (slot_of_row, weight_of_row, inv_perm)
+    return _recorded(_wrap(indices, s), _wrap(weights, s), _wrap(scores, s), rows, fields, s, m, k)
+
+
+def _recorded(
+    indices: Any, weights: Any, scores: Any, rows: list[np.ndarray], fields: list[np.ndarray], like: Any, m: int, k: int
+) -> Selection:
+    """A recorded :class:`~shtopk._core.plan.Selection` of the kernel's arrays, in the library of
+    ``like``: ``rows`` are ``slot_of_row``, ``weight_of_row``, ``inv_perm``; the rounds are views
+    of ``fields`` (:func:`round_columns` over ``m`` padded items)."""
     rounds = [
-        Round(*(_wrap(a[:, cols_full if i < 2 else cols_half], s) for i, a in enumerate(fields)))
-        for cols_full, cols_half in round_columns(indices.shape[1] * indices.shape[2], k)
+        Round(*(_wrap(a[:, cols_full if i < 2 else cols_half], like) for i, a in enumerate(fields)))
+        for cols_full, cols_half in round_columns(m, k)
     ]
-    return Selection(
-        _wrap(indices, s),
-        _wrap(weights, s),
-        _wrap(scores, s),
-        _wrap(slot_of_row, s),
-        _wrap(weight_of_row, s),
-        rounds,
-        _wrap(inv_perm, s),
-    )
+    slot_of_row, weight_of_row, inv_perm = (_wrap(a, like) for a in rows)
+    return Selection(indices, weights, scores, slot_of_row, weight_of_row, rounds, inv_perm)
 
 
 def _run_tournament(
