@@ -28,6 +28,7 @@ stop Dynamo from tracing the function).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from typing import Any
@@ -36,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._core.flat import Flat
 from ._core.hard import hard_selection
 from ._core.plan import Round, Selection, n_rounds
 from ._kernels import host_inputs
@@ -104,12 +106,20 @@ def _topk(
     With ``record`` (successive halving only), ``saved`` holds what the backward needs
     (:func:`pack_selection`: O(n) numbers per batch row, never a copy of E); else it is empty.
     """
+    return _topk_flat(E, v, mask, k, method, boost, weighting, order, alpha, record)[:3]
+
+
+def _topk_flat(
+    E: Tensor, v: Tensor, mask: Tensor | None, k: int, *settings: Any
+) -> tuple[Tensor, Tensor, list[Tensor], Flat]:
+    """:func:`_topk`, and its flattened inputs (which an eager backward reuses)."""
+    method, boost, weighting, order, alpha, record = settings
     flat, _ = _flat(E, v, mask, k)
     op = _operator(method, boost, weighting, order, alpha)
     record = record and method == "successive_halving"
     values, scores, sel = op.forward(flat, record=record)
     saved = pack_selection(sel) if record else []
-    return _to_torch(flat.unflatten_values(values)), _to_torch(flat.unflatten_scores(scores)), saved
+    return _to_torch(flat.unflatten_values(values)), _to_torch(flat.unflatten_scores(scores)), saved, flat
 
 
 topk = torch.library.custom_op("shtopk::topk", _topk, mutates_args=())
@@ -219,7 +229,36 @@ def _topk_backward(
     ``saved`` is the forward's record (successive halving), or empty: then the
     selection is recomputed from the scores (E is not read for it).
     """
-    flat, host = _flat(E, v, mask, k)
+    return _topk_backward_flat(
+        None, E, v, mask, d_values, d_scores, saved, k, method, boost, weighting, order, alpha, need_dE, need_dv
+    )
+
+
+def _topk_backward_flat(
+    carried: Flat | None,
+    E: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    d_values: Tensor,
+    d_scores: Tensor,
+    saved: list[Tensor],
+    k: int,
+    method: str,
+    boost: float,
+    weighting: str,
+    order: str,
+    alpha: float,
+    need_dE: bool,
+    need_dv: bool,
+) -> tuple[Tensor, Tensor]:
+    """:func:`_topk_backward`; with ``carried``, the forward's flattened inputs without E (the
+    scores, validity and poisoned rows: not flattened and checked again)."""
+    if carried is None:
+        flat, host = _flat(E, v, mask, k)
+    else:
+        host = isinstance(carried.s, np.ndarray)
+        E_flat = numpy_view(E) if host else E
+        flat = dataclasses.replace(carried, E=carried.xp.reshape(E_flat, (carried.B, carried.n, carried.d)))
     if host:  # NumPy views of the record and of the cotangents, as of E and v
         saved = [numpy_view(x) for x in saved]
         d_values, d_scores = numpy_view(d_values.to(E.dtype)), numpy_view(d_scores)
@@ -302,14 +341,19 @@ class TopKFunction(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(E: Tensor, v: Tensor, mask: Tensor | None, *settings: Any) -> tuple[Tensor, ...]:
-        values, scores, saved = (_topk if _plain_eager(E, v, mask) else topk)(E, v, mask, *settings)
-        return (values, scores, *saved)
+    def forward(E: Tensor, v: Tensor, mask: Tensor | None, *settings: Any) -> tuple[Any, ...]:
+        if not _plain_eager(E, v, mask):
+            values, scores, saved = topk(E, v, mask, *settings)
+            return (values, scores, *saved)
+        # eager: also the flattened scores, validity and poisoned rows (not E), for the backward
+        values, scores, saved, flat = _topk_flat(E, v, mask, *settings)
+        return (values, scores, *saved, dataclasses.replace(flat, E=None))
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
         E, v, mask, *settings = inputs
-        saved = output[2:]
+        ctx.flat = output[-1] if isinstance(output[-1], Flat) else None
+        saved = output[2:-1] if ctx.flat is not None else output[2:]
         ctx.mark_non_differentiable(*saved)
         ctx.save_for_backward(E, v, mask, *saved)
         ctx.settings = tuple(settings[:-1])  # without ``record``
@@ -330,10 +374,13 @@ class TopKFunction(torch.autograd.Function):
         # grad mode is on only when the gradient itself may be differentiated (create_graph=True,
         # torch.func): then through a function whose derivative raises; otherwise the bare op
         # (what torch.compile traces: Dynamo cannot nest an autograd.Function in a backward)
+        carried, ctx.flat = ctx.flat, None  # (kept no longer than the first backward)
         if torch.is_grad_enabled():
             dE, dv = TopKBackwardFunction.apply(*args)
+        elif _plain_eager(E, v, mask, d_values, d_scores, *saved):
+            dE, dv = _topk_backward_flat(carried, *args)
         else:
-            dE, dv = (_topk_backward if _plain_eager(E, v, mask, d_values, d_scores, *saved) else topk_backward)(*args)
+            dE, dv = topk_backward(*args)
         return (dE if need_dE else None, dv if need_dv else None) + (None,) * (2 + len(ctx.settings))
 
 

@@ -200,9 +200,9 @@ def test_forward_mode_ad_raises_even_without_requires_grad(rng, name):
 
 
 def test_eager_calls_skip_the_dispatcher_yet_modes_and_the_profiler_see_the_ops(rng, monkeypatch):
-    """Plain eager calls (parameters too) run the ops' bodies without the dispatcher; a dispatch
-    mode and the profiler still see ``shtopk::topk`` and ``shtopk::topk_backward``, with the same
-    values and gradients either way."""
+    """Plain eager calls (parameters too) run the ops' bodies without the dispatcher, the backward
+    reusing the forward's flattened scores; a dispatch mode and the profiler still see
+    ``shtopk::topk`` and ``shtopk::topk_backward``, with the same values and gradients either way."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from shtopk import _torch_ops
@@ -240,5 +240,18 @@ def test_eager_calls_skip_the_dispatcher_yet_modes_and_the_profiler_see_the_ops(
     assert {"shtopk::topk", "shtopk::topk_backward"} <= {e.key for e in prof.key_averages()}
     assert calls == ["topk", "topk_backward"] * 2
     for a, b, c in zip(plain, seen, profiled, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(a, c, rtol=0, atol=0)
+    # the first eager backward reuses the forward's flattened scores, a second one (retain_graph)
+    # flattens them again, with a mask too: the same gradients
+    mask = torch.from_numpy(rng.random((3, 16)) < 0.7)
+    E, v = E0.clone().requires_grad_(), v0.clone().requires_grad_()
+    out = shtopk.successive_halving_topk(E, v, 4, boost=3.0, mask=mask).values
+    first = torch.autograd.grad(out, (E, v), d_values, retain_graph=True)
+    second = torch.autograd.grad(out, (E, v), d_values)
+    with Seen():
+        out = shtopk.successive_halving_topk(E, v, 4, boost=3.0, mask=mask).values
+        dispatched = torch.autograd.grad(out, (E, v), d_values)
+    for a, b, c in zip(first, second, dispatched, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
         torch.testing.assert_close(a, c, rtol=0, atol=0)
