@@ -57,7 +57,7 @@ def selection_backward(
         ds = take_along_last(xp, d_scores, sel.slot_of_row) * sel.weight_of_row
     else:
         m = k << n_rounds(n, k)
-        dw = xp.where(flat.valid, xp.astype(dw, flat.s.dtype), 0.0)
+        dw = xp.where(flat.valid, xp.astype(dw, flat.s.dtype, copy=False), 0.0)
         if m > n:
             dw = xp.concat([dw, xp.zeros((B, m - n), dtype=dw.dtype, device=flat.device)], axis=-1)
         d_scores_t = take_along_last(xp, d_scores, sel.inv_perm)

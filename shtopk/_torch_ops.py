@@ -15,6 +15,10 @@ neutral core, Numba, Triton, ...). Registered with torch, they give:
 - ``torch.vmap`` through ``register_vmap`` rules that fold the vmapped
   dimension into the operator's own leading batch dimensions.
 
+In plain eager mode the autograd function calls the ops' bodies directly
+(:func:`_plain_eager`): the same computation without the dispatcher's cost per
+call, and the backward reuses the forward's flattened scores.
+
 The backward keeps E, v, the mask and, for successive halving, the forward's
 record of the scores-only tournament (O(n) numbers per row, returned by the
 forward op as extra, non-differentiable outputs); no copy of E is ever made.

@@ -30,7 +30,7 @@ def cast_saturated(xp: Any, x: Any, dtype: Any) -> Any:
     big = largest(xp, dtype)
     if big < largest(xp, x.dtype):
         x = xp.clip(x, min=-big, max=big)
-    return xp.astype(x, dtype)
+    return xp.astype(x, dtype, copy=False)
 
 
 def finite_gap(xp: Any, s_hi: Any, s_lo: Any) -> Any:
