@@ -9,7 +9,7 @@ from ._array_api import device, is_jax_array, is_torch_array, library_name
 from ._core.flat import Flat, flatten
 from ._core.metric import nccs as _nccs
 from ._fast import all_true_on_host
-from ._kernels import gather_sum
+from ._kernels import gather_sum, prepare_scores
 from ._operators import HardTopK, IterativeSoftmax, SuccessiveHalving
 from ._types import ArrayT, Plan, PlanTarget, ScoresT, TopK, ValuesT
 from ._validation import (
@@ -73,7 +73,7 @@ def iterative_operator(alpha: Any) -> IterativeSoftmax:
 
 def flatten_inputs(inp: Inputs) -> Flat:
     """Validated inputs reshaped to one batch dimension."""
-    return flatten(inp.xp, inp.device, inp.E, inp.v, inp.mask, inp.k)
+    return flatten(inp.xp, inp.device, inp.E, inp.v, inp.mask, inp.k, prepare=prepare_scores)
 
 
 def check_operator_fits(op: Any, inp: Inputs) -> None:

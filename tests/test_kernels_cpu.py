@@ -637,3 +637,25 @@ def test_without_numba_the_library_falls_back(without_numba, rng):
     assert np.isfinite(out.values).all() and dE.shape == E.shape and dv.shape == v.shape
     t_out = shtopk.successive_halving_topk(torch.from_numpy(E), torch.from_numpy(v), 3)
     np.testing.assert_allclose(t_out.values.numpy(), out.values, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("mask", [False, True])
+@pytest.mark.parametrize("shape", [(5, 37), (0, 9), (3, 0), (1, 1)])
+def test_prepare_scores_equals_neutral(rng, dtype, mask, shape):
+    """The scores' one-pass preparation (validity, poisoned rows, -inf where invalid) gives the
+    neutral flatten's arrays exactly; float16 scores (cast to float32) take the neutral one."""
+    from shtopk._core.flat import prepare_scores as neutral_prepare_scores
+
+    v = rng.normal(size=shape).astype(dtype)
+    if v.size:
+        v.flat[rng.integers(0, v.size, 6)] = [np.nan, np.inf, -np.inf, np.nan, -np.inf, np.inf]
+        v[0] = np.nan if shape[0] > 1 else v[0]  # a row of NaN scores only
+    keep = rng.random(shape) < 0.7 if mask else None
+    want = neutral_prepare_scores(xp_np, v, keep)
+    got = _kernels.prepare_scores(xp_np, v, keep)
+    assert (cpu.prepare_scores(v, keep) is None) == (dtype == "float16")
+    for name, a, b in zip(("s", "valid", "poison"), got, want, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    assert not np.isnan(got[0]).any()  # NaN scores become -inf (invalid), their rows poisoned

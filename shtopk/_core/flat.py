@@ -51,28 +51,38 @@ class Flat:
         return xp.reshape(xp.astype(scores, self.v_dtype), (*self.batch_shape, scores.shape[-1]))
 
 
-def flatten(xp: Any, device: Any, E: Any, v: Any, mask: Any, k: int) -> Flat:
+def flatten(xp: Any, device: Any, E: Any, v: Any, mask: Any, k: int, *, prepare: Any = None) -> Flat:
     """Reshape ``E`` (may be None), ``v`` and ``mask`` to one batch dimension.
 
     The item validity and the NaN policy are decided here, once for all
-    operators: an item with score NaN or ``-inf``, or masked out, is invalid;
-    a NaN score on an item that is not masked out poisons its whole batch row.
+    operators (:func:`prepare_scores`, or ``prepare``, an engine's equivalent
+    with the same results).
     """
     batch_shape = tuple(v.shape[:-1])
     n = int(v.shape[-1])
     B = math.prod(batch_shape)
     d = int(E.shape[-1]) if E is not None else 0
     E_flat = xp.reshape(E, (B, n, d)) if E is not None else None
-    s = xp.astype(xp.reshape(v, (B, n)), compute_dtype(xp, v.dtype), copy=False)  # where() below copies
+    keep = xp.reshape(mask, (B, n)) if mask is not None else None
+    s, valid, poison = (prepare or prepare_scores)(xp, xp.reshape(v, (B, n)), keep)
+    return Flat(xp, device, batch_shape, n, d, k, v.dtype, E_flat, s, valid, poison)
+
+
+def prepare_scores(xp: Any, v: Any, keep: Any) -> tuple[Any, Any, Any]:
+    """``(s, valid, poison)`` of scores ``v`` (B, n) and the mask ``keep`` (B, n) or None.
+
+    An item with score NaN or ``-inf``, or masked out, is invalid; ``s`` holds the
+    scores in the compute dtype, ``-inf`` where invalid; a NaN score on an item that
+    is not masked out poisons its whole batch row (``poison`` (B,)).
+    """
+    s = xp.astype(v, compute_dtype(xp, v.dtype), copy=False)  # where() below copies
     nan = xp.isnan(s)
     valid = s > -math.inf
-    if mask is not None:
-        keep = xp.reshape(mask, (B, n))
+    if keep is not None:
         valid = valid & keep
         nan = nan & keep
     poison = xp.any(nan, axis=-1)
-    s = xp.where(valid, s, -math.inf)
-    return Flat(xp, device, batch_shape, n, d, k, v.dtype, E_flat, s, valid, poison)
+    return xp.where(valid, s, -math.inf), valid, poison
 
 
 def nan_factor(xp: Any, poison: Any, dtype: Any) -> Any:

@@ -38,6 +38,7 @@ from typing import Any
 
 from .._array_api import is_cupy_array, is_numpy_array, is_torch_array
 from .._core.apply import neutral_gather_sum, neutral_rows_backward
+from .._core.flat import prepare_scores as neutral_prepare_scores
 from .._core.plan import Selection
 from .._core.plan import tournament as neutral_tournament
 from .._core.plan_backward import neutral_tournament_backward
@@ -120,6 +121,16 @@ def _triton_installed() -> bool:
 def _triton_takes(xp: Any, *dtypes: Any) -> bool:
     """The Triton kernels take float32/float16/bfloat16 arrays (float64 runs the neutral core)."""
     return all(dt != xp.float64 for dt in dtypes)
+
+
+def prepare_scores(xp: Any, v: Any, keep: Any) -> tuple[Any, Any, Any]:
+    """``(s, valid, poison)`` of flattened scores and mask; see
+    :func:`shtopk._core.flat.prepare_scores`."""
+    if engine(v, *(() if keep is None else (keep,))) == "numba" and is_numpy_array(v):
+        prepared = cpu.prepare_scores(v, keep)
+        if prepared is not None:
+            return prepared
+    return neutral_prepare_scores(xp, v, keep)
 
 
 def gather_sum(xp: Any, indices: Any, weights: Any, scores: Any, E: Any) -> Any:

@@ -269,6 +269,24 @@ def _run(kernel: Any, *args: Any) -> None:
         _numba.set_parallel_chunksize(old)
 
 
+# ---------------------------------------------------------------- the scores
+
+
+def prepare_scores(v: np.ndarray, keep: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """:func:`shtopk._core.flat.prepare_scores` in one kernel call for float32/float64 NumPy
+    scores (the same arrays); None for other dtypes (the neutral one casts them)."""
+    _require()
+    if v.dtype not in (np.float32, np.float64):
+        return None
+    v_h = _host(v)
+    B, n = v_h.shape
+    keep_h = _host(keep) if keep is not None else np.empty((0, 0), bool)
+    s, valid, poison = np.empty((B, n), v_h.dtype), np.empty((B, n), bool), np.empty(B, bool)
+    if B:
+        _run(_kernels.prepare_scores, v_h, keep_h, s, valid, poison, _launch(B * n * v_h.itemsize, B))
+    return s, valid, poison
+
+
 # ---------------------------------------------------------------- the passes over E
 
 

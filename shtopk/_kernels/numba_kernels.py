@@ -356,6 +356,29 @@ def gather_sum_half(idx, w, skip, E, out, chunks, half):  # pragma: no cover -- 
 # ---------------------------------------------------------------- the rows backward
 
 
+@njit(parallel=True, cache=True, error_model="numpy")
+def prepare_scores(v, keep, s, valid, poison, chunks):  # pragma: no cover -- compiled
+    """:func:`shtopk._core.flat.prepare_scores` in one pass over the scores ``v`` (B, n), in
+    parallel over ``chunks`` blocks of batch rows: ``s`` (of v's dtype) is ``v`` where the
+    item is valid (not NaN, not ``-inf``, kept by ``keep`` (B, n); (0, 0): no mask) and
+    ``-inf`` elsewhere; ``poison[b]``: a NaN score on a kept item of row ``b``."""
+    B, n = v.shape
+    masked = keep.shape[0] > 0
+    neg_inf = -np.inf
+    step = (B + chunks - 1) // chunks
+    for c in prange(chunks):
+        for b in range(c * step, min(B, (c + 1) * step)):
+            nan = False
+            for i in range(n):
+                x = v[b, i]
+                kept = keep[b, i] if masked else True
+                ok = kept and x > neg_inf
+                nan |= kept and x != x
+                valid[b, i] = ok
+                s[b, i] = x if ok else neg_inf
+            poison[b] = nan
+
+
 @njit(cache=True, fastmath={"reassoc"})
 def _dot(a, b, zero):  # pragma: no cover -- compiled
     """``<a, b>``. Its sum alone may be reassociated (``fastmath={"reassoc"}``: no other fast-math
