@@ -1,4 +1,5 @@
-"""Numba kernels of the CPU engine: the passes over E and the tournament, compiled loops.
+"""Numba kernels of the CPU engine: the scores' preparation, the passes over E and the
+tournament, compiled loops.
 
 Only :mod:`.cpu` imports this module (importing it imports Numba). Every
 kernel mirrors a neutral function of :mod:`shtopk._core` formula by formula,
@@ -13,8 +14,8 @@ Half precision arrives as its bits (uint16): ``half=1`` float16,
 round results back, to nearest even), so E is never copied.
 
 Every kernel loops in parallel over ``chunks`` blocks of work (``prange``):
-output or input rows for the passes over E, batch rows for the tournament and
-its backward (O(n) per batch row, not O(n d)); the caller picks the number of
+output or input rows for the passes over E, batch rows for the scores, the
+tournament and its backward (O(n) per batch row, not O(n d)); the caller picks the number of
 blocks and of threads for each call.
 """
 
@@ -24,6 +25,32 @@ import numpy as np
 from llvmlite import ir
 from numba import get_thread_id, njit, prange, types
 from numba.extending import intrinsic, overload
+
+# ---------------------------------------------------------------- the scores
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def prepare_scores(v, keep, s, valid, poison, chunks):  # pragma: no cover -- compiled
+    """:func:`shtopk._core.flat.prepare_scores` in one pass over the scores ``v`` (B, n), in
+    parallel over ``chunks`` blocks of batch rows: ``s`` (of v's dtype) is ``v`` where the
+    item is valid (not NaN, not ``-inf``, kept by ``keep`` (B, n); (0, 0): no mask) and
+    ``-inf`` elsewhere; ``poison[b]``: a NaN score on a kept item of row ``b``."""
+    B, n = v.shape
+    masked = keep.shape[0] > 0
+    neg_inf = -np.inf
+    step = (B + chunks - 1) // chunks
+    for c in prange(chunks):
+        for b in range(c * step, min(B, (c + 1) * step)):
+            nan = False
+            for i in range(n):
+                x = v[b, i]
+                kept = keep[b, i] if masked else True
+                ok = kept and x > neg_inf
+                nan |= kept and x != x
+                valid[b, i] = ok
+                s[b, i] = x if ok else neg_inf
+            poison[b] = nan
+
 
 # ---------------------------------------------------------------- half precision
 
@@ -354,29 +381,6 @@ def gather_sum_half(idx, w, skip, E, out, chunks, half):  # pragma: no cover -- 
 
 
 # ---------------------------------------------------------------- the rows backward
-
-
-@njit(parallel=True, cache=True, error_model="numpy")
-def prepare_scores(v, keep, s, valid, poison, chunks):  # pragma: no cover -- compiled
-    """:func:`shtopk._core.flat.prepare_scores` in one pass over the scores ``v`` (B, n), in
-    parallel over ``chunks`` blocks of batch rows: ``s`` (of v's dtype) is ``v`` where the
-    item is valid (not NaN, not ``-inf``, kept by ``keep`` (B, n); (0, 0): no mask) and
-    ``-inf`` elsewhere; ``poison[b]``: a NaN score on a kept item of row ``b``."""
-    B, n = v.shape
-    masked = keep.shape[0] > 0
-    neg_inf = -np.inf
-    step = (B + chunks - 1) // chunks
-    for c in prange(chunks):
-        for b in range(c * step, min(B, (c + 1) * step)):
-            nan = False
-            for i in range(n):
-                x = v[b, i]
-                kept = keep[b, i] if masked else True
-                ok = kept and x > neg_inf
-                nan |= kept and x != x
-                valid[b, i] = ok
-                s[b, i] = x if ok else neg_inf
-            poison[b] = nan
 
 
 @njit(cache=True, fastmath={"reassoc"})
