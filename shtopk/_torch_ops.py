@@ -110,20 +110,22 @@ def _topk(
     With ``record`` (successive halving only), ``saved`` holds what the backward needs
     (:func:`pack_selection`: O(n) numbers per batch row, never a copy of E); else it is empty.
     """
-    return _topk_flat(E, v, mask, k, method, boost, weighting, order, alpha, record)[:3]
+    values, scores, _, sel = _topk_flat(E, v, mask, k, method, boost, weighting, order, alpha, record)
+    return values, scores, pack_selection(sel) if sel is not None else []
 
 
 def _topk_flat(
     E: Tensor, v: Tensor, mask: Tensor | None, k: int, *settings: Any
-) -> tuple[Tensor, Tensor, list[Tensor], Flat]:
-    """:func:`_topk`, and its flattened inputs (which an eager backward reuses)."""
+) -> tuple[Tensor, Tensor, Flat, Selection | None]:
+    """``(values, scores)`` of :func:`_topk`, its flattened inputs and its recorded selection
+    (None without a record), as the engine returned it (an eager backward reuses both)."""
     method, boost, weighting, order, alpha, record = settings
     flat, _ = _flat(E, v, mask, k)
     op = _operator(method, boost, weighting, order, alpha)
     record = record and method == "successive_halving"
     values, scores, sel = op.forward(flat, record=record)
-    saved = pack_selection(sel) if record else []
-    return _to_torch(flat.unflatten_values(values)), _to_torch(flat.unflatten_scores(scores)), saved, flat
+    values, scores = _to_torch(flat.unflatten_values(values)), _to_torch(flat.unflatten_scores(scores))
+    return values, scores, flat, sel if record else None
 
 
 topk = torch.library.custom_op("shtopk::topk", _topk, mutates_args=())
@@ -238,8 +240,17 @@ def _topk_backward(
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class _Carried:
+    """What an eager forward hands its backward besides the saved tensors: the flattened inputs
+    without E, and the recorded selection as the engine returned it (None without a record)."""
+
+    flat: Flat
+    selection: Selection | None
+
+
 def _topk_backward_flat(
-    carried: Flat | None,
+    carried: _Carried | None,
     E: Tensor,
     v: Tensor,
     mask: Tensor | None,
@@ -255,20 +266,24 @@ def _topk_backward_flat(
     need_dE: bool,
     need_dv: bool,
 ) -> tuple[Tensor, Tensor]:
-    """:func:`_topk_backward`; with ``carried``, the forward's flattened inputs without E (the
-    scores, validity and poisoned rows: not flattened and checked again)."""
+    """:func:`_topk_backward`; with ``carried`` (:class:`_Carried`), the forward's flattened
+    inputs (not flattened and checked again) and its recorded selection (then not unpacked
+    from ``saved``)."""
+    sel = None
     if carried is None:
         flat, host = _flat(E, v, mask, k)
     else:
-        host = isinstance(carried.s, np.ndarray)
-        E_flat = numpy_view(E) if host else E
-        flat = dataclasses.replace(carried, E=carried.xp.reshape(E_flat, (carried.B, carried.n, carried.d)))
+        host = isinstance(carried.flat.s, np.ndarray)
+        kept, sel = carried.flat, carried.selection
+        E_flat = kept.xp.reshape(numpy_view(E) if host else E, (kept.B, kept.n, kept.d))
+        flat = dataclasses.replace(kept, E=E_flat)
     if host:  # NumPy views of the record and of the cotangents, as of E and v
         saved = [numpy_view(x) for x in saved]
         d_values, d_scores = numpy_view(d_values.to(E.dtype)), numpy_view(d_scores)
     op = _operator(method, boost, weighting, order, alpha)
     if method == "successive_halving":
-        sel = unpack_selection(saved) if saved else op.plan(flat, record=True)
+        if sel is None:
+            sel = unpack_selection(saved) if saved else op.plan(flat, record=True)
     elif method == "hard":
         sel = hard_selection(flat.xp, flat.s, flat.valid, flat.poison, k, order=order, record=True)
     else:
@@ -339,7 +354,9 @@ class TopKFunction(torch.autograd.Function):
     rejects, pytorch/pytorch#168393) so that ``torch.func.grad``/``vjp``/``jacrev``
     work; ``generate_vmap_rule`` lets ``torch.vmap`` reach the ops' vmap rules.
     It saves E, v, the mask and the forward's record of the tournament (O(n)
-    numbers per batch row, marked non-differentiable).
+    numbers per batch row, marked non-differentiable); in plain eager mode the
+    record and the flattened inputs stay on the context as the engine returned
+    them (:class:`_Carried`), for the first backward only.
     """
 
     generate_vmap_rule = True
@@ -349,15 +366,16 @@ class TopKFunction(torch.autograd.Function):
         if not _plain_eager(E, v, mask):
             values, scores, saved = topk(E, v, mask, *settings)
             return (values, scores, *saved)
-        # eager: also the flattened scores, validity and poisoned rows (not E), for the backward
-        values, scores, saved, flat = _topk_flat(E, v, mask, *settings)
-        return (values, scores, *saved, dataclasses.replace(flat, E=None))
+        # eager: the flattened inputs (not E) and the record go to the backward as they are,
+        # not as tensors (a backward without them recomputes the selection from the scores)
+        values, scores, flat, sel = _topk_flat(E, v, mask, *settings)
+        return values, scores, _Carried(dataclasses.replace(flat, E=None), sel)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
         E, v, mask, *settings = inputs
-        ctx.flat = output[-1] if isinstance(output[-1], Flat) else None
-        saved = output[2:-1] if ctx.flat is not None else output[2:]
+        ctx.carried = output[-1] if isinstance(output[-1], _Carried) else None
+        saved = output[2:] if ctx.carried is None else ()
         ctx.mark_non_differentiable(*saved)
         ctx.save_for_backward(E, v, mask, *saved)
         ctx.settings = tuple(settings[:-1])  # without ``record``
@@ -378,7 +396,7 @@ class TopKFunction(torch.autograd.Function):
         # grad mode is on only when the gradient itself may be differentiated (create_graph=True,
         # torch.func): then through a function whose derivative raises; otherwise the bare op
         # (what torch.compile traces: Dynamo cannot nest an autograd.Function in a backward)
-        carried, ctx.flat = ctx.flat, None  # (kept no longer than the first backward)
+        carried, ctx.carried = ctx.carried, None  # kept no longer than the first backward
         if torch.is_grad_enabled():
             dE, dv = TopKBackwardFunction.apply(*args)
         elif _plain_eager(E, v, mask, d_values, d_scores, *saved):
