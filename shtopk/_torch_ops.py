@@ -17,7 +17,7 @@ neutral core, Numba, Triton, ...). Registered with torch, they give:
 
 In plain eager mode the autograd function calls the ops' bodies directly
 (:func:`_plain_eager`): the same computation without the dispatcher's cost per
-call, and the backward reuses the forward's flattened scores.
+call, and the backward reuses the forward's flattened inputs and record.
 
 The backward keeps E, v, the mask and, for successive halving, the forward's
 record of the scores-only tournament (O(n) numbers per row, returned by the
