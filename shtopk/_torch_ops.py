@@ -235,9 +235,8 @@ def _topk_backward(
     ``saved`` is the forward's record (successive halving), or empty: then the
     selection is recomputed from the scores (E is not read for it).
     """
-    return _topk_backward_flat(
-        None, E, v, mask, d_values, d_scores, saved, k, method, boost, weighting, order, alpha, need_dE, need_dv
-    )
+    settings = (method, boost, weighting, order, alpha, need_dE, need_dv)
+    return _topk_backward_flat(None, E, v, mask, d_values, d_scores, saved, k, *settings)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,17 +257,12 @@ def _topk_backward_flat(
     d_scores: Tensor,
     saved: list[Tensor],
     k: int,
-    method: str,
-    boost: float,
-    weighting: str,
-    order: str,
-    alpha: float,
-    need_dE: bool,
-    need_dv: bool,
+    *settings: Any,
 ) -> tuple[Tensor, Tensor]:
-    """:func:`_topk_backward`; with ``carried`` (:class:`_Carried`), the forward's flattened
-    inputs (not flattened and checked again) and its recorded selection (then not unpacked
-    from ``saved``)."""
+    """:func:`_topk_backward` (``settings``: its ``method`` ... ``need_dv``); with ``carried``
+    (:class:`_Carried`), the forward's flattened inputs (not flattened and checked again) and
+    its recorded selection (then not unpacked from ``saved``)."""
+    method, boost, weighting, order, alpha, need_dE, need_dv = settings
     sel = None
     if carried is None:
         flat, host = _flat(E, v, mask, k)

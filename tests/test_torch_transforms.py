@@ -201,7 +201,7 @@ def test_forward_mode_ad_raises_even_without_requires_grad(rng, name):
 
 def test_eager_calls_skip_the_dispatcher_yet_modes_and_the_profiler_see_the_ops(rng, monkeypatch):
     """Plain eager calls (parameters too) run the ops' bodies without the dispatcher, the backward
-    reusing the forward's flattened scores; a dispatch mode and the profiler still see
+    reusing the forward's flattened scores and record; a dispatch mode and the profiler still see
     ``shtopk::topk`` and ``shtopk::topk_backward``, with the same values and gradients either way."""
     from torch.utils._python_dispatch import TorchDispatchMode
 

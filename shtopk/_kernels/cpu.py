@@ -451,7 +451,7 @@ def tournament_gather(
         return None
     sel, fields, out = _run_tournament(s, valid, poison, k, boost, weighting, order, record=record, E_h=E_h)
     scores = _wrap(sel[2], s)
-    recorded = _recorded(None, None, scores, sel[3:], fields, s, k << n_rounds(s.shape[-1], k), k) if record else None
+    recorded = _recorded(None, None, scores, sel[3:], fields, s, k * P, k) if record else None
     return _wrap(out, E), scores, recorded
 
 
