@@ -17,7 +17,8 @@ neutral core, Numba, Triton, ...). Registered with torch, they give:
 
 In plain eager mode the autograd function calls the ops' bodies directly
 (:func:`_plain_eager`): the same computation without the dispatcher's cost per
-call, and the backward reuses the forward's flattened inputs and record.
+call, and the backward reuses the forward's flattened inputs and record; a call
+that nothing can differentiate skips the autograd function as well (:func:`run`).
 
 The backward keeps E, v, the mask and, for successive halving, the forward's
 record of the scores-only tournament (O(n) numbers per row, returned by the
@@ -47,7 +48,7 @@ from ._core.plan import Round, Selection, n_rounds
 from ._kernels import host_inputs
 from ._kernels.cpu import numpy_view, round_columns, stacked
 from ._operators import HardTopK, IterativeSoftmax, SuccessiveHalving
-from ._validation import check_inputs
+from ._validation import Inputs, check_inputs
 
 #: The ``method`` argument of the ops, per operator class.
 METHODS = {SuccessiveHalving: "successive_halving", HardTopK: "hard", IterativeSoftmax: "iterative"}
@@ -75,7 +76,12 @@ def _operator(method: str, boost: float, weighting: str, order: str, alpha: floa
 
 
 def _flat(E: Tensor, v: Tensor, mask: Tensor | None, k: int) -> tuple[Any, bool]:
-    """The flattened, validated inputs, and whether they are NumPy views of the tensors.
+    """The flattened, validated inputs, and whether they are NumPy views of the tensors."""
+    return _flat_of(check_inputs(E, v, k, mask))
+
+
+def _flat_of(inp: Inputs) -> tuple[Any, bool]:
+    """:func:`_flat` of inputs already validated.
 
     CPU tensors that the compiled CPU engine serves (:func:`shtopk._kernels.host_inputs`)
     run the whole operator on NumPy views (no copy) around its kernels; the results
@@ -83,7 +89,6 @@ def _flat(E: Tensor, v: Tensor, mask: Tensor | None, k: int) -> tuple[Any, bool]
     """
     from ._api import flatten_inputs  # imported late: _api imports this module's users
 
-    inp = check_inputs(E, v, k, mask)
     host = host_inputs(inp)
     return flatten_inputs(host or inp), host is not None
 
@@ -110,22 +115,20 @@ def _topk(
     With ``record`` (successive halving only), ``saved`` holds what the backward needs
     (:func:`pack_selection`: O(n) numbers per batch row, never a copy of E); else it is empty.
     """
-    values, scores, _, sel = _topk_flat(E, v, mask, k, method, boost, weighting, order, alpha, record)
+    values, scores, sel = _forward(_flat(E, v, mask, k)[0], method, boost, weighting, order, alpha, record)
     return values, scores, pack_selection(sel) if sel is not None else []
 
 
-def _topk_flat(
-    E: Tensor, v: Tensor, mask: Tensor | None, k: int, *settings: Any
-) -> tuple[Tensor, Tensor, Flat, Selection | None]:
-    """``(values, scores)`` of :func:`_topk`, its flattened inputs and its recorded selection
-    (None without a record), as the engine returned it (an eager backward reuses both)."""
-    method, boost, weighting, order, alpha, record = settings
-    flat, _ = _flat(E, v, mask, k)
+def _forward(
+    flat: Flat, method: str, boost: float, weighting: str, order: str, alpha: float, record: bool
+) -> tuple[Tensor, Tensor, Selection | None]:
+    """``(values, scores)`` of :func:`_topk` on flattened inputs, and the recorded selection
+    (None without a record) as the engine returned it (an eager backward reuses it)."""
     op = _operator(method, boost, weighting, order, alpha)
     record = record and method == "successive_halving"
     values, scores, sel = op.forward(flat, record=record)
     values, scores = _to_torch(flat.unflatten_values(values)), _to_torch(flat.unflatten_scores(scores))
-    return values, scores, flat, sel if record else None
+    return values, scores, sel if record else None
 
 
 topk = torch.library.custom_op("shtopk::topk", _topk, mutates_args=())
@@ -254,14 +257,14 @@ def _topk_backward_flat(
     v: Tensor,
     mask: Tensor | None,
     d_values: Tensor,
-    d_scores: Tensor,
+    d_scores: Tensor | None,
     saved: list[Tensor],
     k: int,
     *settings: Any,
 ) -> tuple[Tensor, Tensor]:
     """:func:`_topk_backward` (``settings``: its ``method`` ... ``need_dv``); with ``carried``
     (:class:`_Carried`), the forward's flattened inputs (not flattened and checked again) and
-    its recorded selection (then not unpacked from ``saved``)."""
+    its recorded selection (then not unpacked from ``saved``). ``d_scores`` None means zeros."""
     method, boost, weighting, order, alpha, need_dE, need_dv = settings
     sel = None
     if carried is None:
@@ -273,7 +276,8 @@ def _topk_backward_flat(
         flat = dataclasses.replace(kept, E=E_flat)
     if host:  # NumPy views of the record and of the cotangents, as of E and v
         saved = [numpy_view(x) for x in saved]
-        d_values, d_scores = numpy_view(d_values.to(E.dtype)), numpy_view(d_scores)
+        d_values = numpy_view(d_values.to(E.dtype))
+        d_scores = None if d_scores is None else numpy_view(d_scores)
     op = _operator(method, boost, weighting, order, alpha)
     if method == "successive_halving":
         if sel is None:
@@ -288,7 +292,7 @@ def _topk_backward_flat(
         flat,
         sel,
         d_values if host else d_values.to(E.dtype),
-        d_scores.reshape(B, k),
+        None if d_scores is None else d_scores.reshape(B, k),
         need_dE=need_dE,
         need_dv=need_dv,
     )
@@ -334,6 +338,33 @@ def _plain_eager(*tensors: Tensor | None) -> bool:
         return False
 
 
+def _forward_ad_active() -> bool:
+    """Whether a forward-mode AD level is open (dual tensors may be about)."""
+    try:
+        return torch.autograd.forward_ad._current_level >= 0
+    except AttributeError:  # a torch without this private state: assume so
+        return True
+
+
+def run(inp: Inputs, settings: tuple[Any, ...]) -> tuple[Tensor, Tensor]:
+    """``(values, scores)`` of the operator with ``settings`` (:func:`op_arguments`) on validated
+    torch inputs, through :class:`TopKFunction`, recording the tournament when a backward may follow.
+
+    When no derivative of the call can be taken (grad not recorded for these inputs,
+    no forward-mode AD level open) and torch would see nothing of it (plain eager mode,
+    :func:`_plain_eager`), the operator runs directly: the same values without
+    ``Function.apply``'s cost (and the outputs require no grad, as the function's would not).
+    """
+    E, v, mask = inp.E, inp.v, inp.mask
+    record = torch.is_grad_enabled() and (E.requires_grad or v.requires_grad)
+    if not record and _plain_eager(E, v, mask) and not _forward_ad_active():
+        return _forward(_flat_of(inp)[0], *settings, False)[:2]
+    # in plain eager mode the function's forward takes the validated inputs as they are
+    plain = _plain_eager(E, v, mask)
+    values, scores, *_ = TopKFunction.apply(E, v, mask, inp.k, *settings, record, inp if plain else None)
+    return values, scores
+
+
 HIGHER_ORDER_ERROR = (
     "shtopk: higher-order gradients (double backward, hessian, grad of grad) are not implemented; "
     "the first-order gradient is exact, but it cannot be differentiated again"
@@ -357,12 +388,15 @@ class TopKFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(E: Tensor, v: Tensor, mask: Tensor | None, *settings: Any) -> tuple[Any, ...]:
+        # settings: the op's ``k`` ... ``record``, then the validated inputs (or None)
+        *settings, inp = settings
         if not _plain_eager(E, v, mask):
             values, scores, saved = topk(E, v, mask, *settings)
             return (values, scores, *saved)
         # eager: the flattened inputs (not E) and the record go to the backward as they are,
         # not as tensors (a backward without them recomputes the selection from the scores)
-        values, scores, flat, sel = _topk_flat(E, v, mask, *settings)
+        flat, _ = _flat(E, v, mask, settings[0]) if inp is None else _flat_of(inp)
+        values, scores, sel = _forward(flat, *settings[1:])
         return values, scores, _Carried(dataclasses.replace(flat, E=None), sel)
 
     @staticmethod
@@ -372,7 +406,7 @@ class TopKFunction(torch.autograd.Function):
         saved = output[2:] if ctx.carried is None else ()
         ctx.mark_non_differentiable(*saved)
         ctx.save_for_backward(E, v, mask, *saved)
-        ctx.settings = tuple(settings[:-1])  # without ``record``
+        ctx.settings = tuple(settings[:-2])  # without ``record`` and the validated inputs
         # no zero cotangents for the record's many tensors (each a fill, and a parallel region
         # that waits for a descheduled thread when another process keeps a core busy)
         ctx.set_materialize_grads(False)
@@ -383,21 +417,21 @@ class TopKFunction(torch.autograd.Function):
         k = ctx.settings[0]
         if d_values is None:
             d_values = E.new_zeros((*v.shape[:-1], k, E.shape[-1]))
-        if d_scores is None:
-            d_scores = v.new_zeros((*v.shape[:-1], k))
         need_dE, need_dv = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
-        args = (E, v, mask, d_values, d_scores, saved, *ctx.settings, need_dE, need_dv)
+        settings = (*ctx.settings, need_dE, need_dv)
         # grad mode is on only when the gradient itself may be differentiated (create_graph=True,
         # torch.func): then through a function whose derivative raises; otherwise the bare op
         # (what torch.compile traces: Dynamo cannot nest an autograd.Function in a backward)
         carried, ctx.carried = ctx.carried, None  # kept no longer than the first backward
-        if torch.is_grad_enabled():
-            dE, dv = TopKBackwardFunction.apply(*args)
-        elif _plain_eager(E, v, mask, d_values, d_scores, *saved):
-            dE, dv = _topk_backward_flat(carried, *args)
+        if not torch.is_grad_enabled() and _plain_eager(E, v, mask, d_values, d_scores, *saved):
+            # (no zero tensor for an unused d_scores: the body takes None)
+            dE, dv = _topk_backward_flat(carried, E, v, mask, d_values, d_scores, saved, *settings)
         else:
-            dE, dv = topk_backward(*args)
-        return (dE if need_dE else None, dv if need_dv else None) + (None,) * (2 + len(ctx.settings))
+            if d_scores is None:
+                d_scores = v.new_zeros((*v.shape[:-1], k))
+            args = (E, v, mask, d_values, d_scores, saved, *settings)
+            dE, dv = (TopKBackwardFunction.apply if torch.is_grad_enabled() else topk_backward)(*args)
+        return (dE if need_dE else None, dv if need_dv else None) + (None,) * (3 + len(ctx.settings))
 
 
 # ``Function.apply`` binds its arguments to ``inspect.signature(forward)`` on every call

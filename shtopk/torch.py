@@ -28,7 +28,7 @@ except ModuleNotFoundError as exc:  # name the extra instead of a bare "No modul
     ) from exc
 
 from ._api import run_operator, successive_halving_operator
-from ._torch_ops import TopKFunction, op_arguments
+from ._torch_ops import op_arguments, run
 from ._types import TopK
 from ._validation import Inputs, check_inputs, check_positive_int
 
@@ -36,11 +36,9 @@ __all__ = ["SuccessiveHalvingTopK"]
 
 
 def torch_run(op: Any, inp: Inputs) -> TopK[torch.Tensor, torch.Tensor]:
-    """Run ``op`` on torch tensors through the custom op ``shtopk::topk`` (differentiable)."""
-    # record the tournament for the backward only when one may follow
-    record = torch.is_grad_enabled() and (inp.E.requires_grad or inp.v.requires_grad)
-    values, scores, *_ = TopKFunction.apply(inp.E, inp.v, inp.mask, inp.k, *op_arguments(op), record)
-    return TopK(values, scores)
+    """Run ``op`` on torch tensors through the custom op ``shtopk::topk`` (differentiable; a plain
+    eager call that nothing can differentiate runs the operator directly, see :func:`shtopk._torch_ops.run`)."""
+    return TopK(*run(inp, op_arguments(op)))
 
 
 class SuccessiveHalvingTopK(torch.nn.Module):

@@ -199,6 +199,37 @@ def test_forward_mode_ad_raises_even_without_requires_grad(rng, name):
         torch.func.jvp(values, (E, v), (torch.ones_like(E), torch.ones_like(v)))
 
 
+@pytest.mark.parametrize("name", sorted(OPERATORS))
+def test_calls_without_autograd_skip_the_function_with_the_same_values(rng, monkeypatch, name):
+    """A plain eager call that nothing can differentiate (no_grad, inference mode, or inputs that
+    do not require grad) runs the operator without the autograd.Function: no grad_fn, and the
+    values and scores of a call through the function, bit for bit. Calls that may be
+    differentiated (grad recorded, a forward-mode AD level, torch.func) still go through it."""
+    from shtopk import _torch_ops
+
+    applied = []
+    apply = _torch_ops.TopKFunction.apply
+    monkeypatch.setattr(_torch_ops.TopKFunction, "apply", lambda *a: applied.append(1) or apply(*a))
+    E, v = data(rng, 3, 16)
+    fn = OPERATORS[name]
+    through = fn(E.clone().requires_grad_(), v.clone().requires_grad_(), 4)
+    assert len(applied) == 1 and through.values.grad_fn is not None
+    for context in (torch.no_grad, torch.inference_mode, torch.enable_grad):
+        with context():
+            out = fn(E, v, 4)
+        assert out.values.grad_fn is None and not out.values.requires_grad
+        torch.testing.assert_close(out.values, through.values.detach(), rtol=0, atol=0)
+        torch.testing.assert_close(out.scores, through.scores.detach(), rtol=0, atol=0)
+    assert len(applied) == 1
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level(), pytest.raises(NotImplementedError):
+        fn(E, fwAD.make_dual(v, torch.ones_like(v)), 4)
+    assert len(applied) == 2
+    torch.func.grad(lambda v_: fn(E, v_, 4).values.sum())(v)
+    assert len(applied) > 2
+
+
 def test_eager_calls_skip_the_dispatcher_yet_modes_and_the_profiler_see_the_ops(rng, monkeypatch):
     """Plain eager calls (parameters too) run the ops' bodies without the dispatcher, the backward
     reusing the forward's flattened scores and record; a dispatch mode and the profiler still see
