@@ -316,8 +316,8 @@ _PLAIN = (Tensor, torch.nn.Parameter)
 def _plain_eager(*tensors: Tensor | None) -> bool:
     """Whether the ops' Python bodies may run directly instead of through the dispatcher.
 
-    Only for plain tensors in plain eager mode: not while Dynamo traces
-    (``torch.compile`` must see the opaque op), under ``torch.func`` transforms
+    Only for plain tensors in plain eager mode: not while Dynamo or ``torch.jit.trace``
+    traces (they must see the opaque op), under ``torch.func`` transforms
     (their vmap rules are the op's), under a dispatch or function mode (which
     should see the op), or while the profiler records (which names it). There
     the bodies compute the same thing, without the dispatcher's cost per call
@@ -329,6 +329,7 @@ def _plain_eager(*tensors: Tensor | None) -> bool:
     try:
         return not (
             torch.compiler.is_compiling()
+            or torch._C._get_tracing_state() is not None
             or torch._C._are_functorch_transforms_active()
             or torch._C._len_torch_dispatch_stack()
             or torch._C._len_torch_function_stack()
@@ -388,14 +389,15 @@ class TopKFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(E: Tensor, v: Tensor, mask: Tensor | None, *settings: Any) -> tuple[Any, ...]:
-        # settings: the op's ``k`` ... ``record``, then the validated inputs (or None)
+        # settings: the op's ``k`` ... ``record``, then the validated inputs in plain eager mode
+        # (:func:`run` decides: inside the function, tracing and transforms are not visible)
         *settings, inp = settings
-        if not _plain_eager(E, v, mask):
+        if inp is None:
             values, scores, saved = topk(E, v, mask, *settings)
             return (values, scores, *saved)
         # eager: the flattened inputs (not E) and the record go to the backward as they are,
         # not as tensors (a backward without them recomputes the selection from the scores)
-        flat, _ = _flat(E, v, mask, settings[0]) if inp is None else _flat_of(inp)
+        flat, _ = _flat_of(inp)
         values, scores, sel = _forward(flat, *settings[1:])
         return values, scores, _Carried(dataclasses.replace(flat, E=None), sel)
 

@@ -230,6 +230,30 @@ def test_calls_without_autograd_skip_the_function_with_the_same_values(rng, monk
     assert len(applied) > 2
 
 
+@pytest.mark.parametrize("grad", [False, True])
+def test_jit_trace_records_the_function_not_constants(rng, grad):
+    """``torch.jit.trace`` sees the autograd function (not the eager bodies, whose NumPy work it
+    would freeze into constants): the traced function computes new inputs' values and gradients."""
+    E, v = data(rng, 3, 16)
+    E2, v2 = data(rng, 3, 16)
+
+    def values(E_, v_):
+        return shtopk.successive_halving_topk(E_, v_, 4, boost=3.0).values
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's warnings about Python values
+        traced = torch.jit.trace(values, (E.requires_grad_(grad), v.requires_grad_(grad)), check_trace=False)
+    a = (E2.clone().requires_grad_(grad), v2.clone().requires_grad_(grad))
+    b = (E2.clone().requires_grad_(grad), v2.clone().requires_grad_(grad))
+    out, expected = traced(*a), values(*b)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    if grad:
+        d_values = torch.from_numpy(rng.normal(size=tuple(out.shape)))
+        got, want = torch.autograd.grad(out, a, d_values), torch.autograd.grad(expected, b, d_values)
+        for x, y in zip(got, want, strict=True):
+            torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
 def test_eager_calls_skip_the_dispatcher_yet_modes_and_the_profiler_see_the_ops(rng, monkeypatch):
     """Plain eager calls (parameters too) run the ops' bodies without the dispatcher, the backward
     reusing the forward's flattened scores and record; a dispatch mode and the profiler still see
