@@ -23,7 +23,7 @@ from ._core.finite import cast_saturated, saturate
 from ._core.flat import Flat, nan_factor
 from ._core.plan import Selection, n_rounds
 from ._fast import take_along_last
-from ._kernels import rows_backward, tournament_backward
+from ._kernels import rows_backward, score_cotangents, tournament_backward
 
 
 def _zeros_scores(xp: Any, flat: Flat, k: int) -> Any:
@@ -47,7 +47,7 @@ def selection_backward(
     Returns ``(dE (B, n, d), dv (B, n))`` in the dtypes of E and v (or None).
     """
     xp = flat.xp
-    B, n, k = flat.B, flat.n, flat.k
+    k = flat.k
     d_scores = _zeros_scores(xp, flat, k) if d_scores is None else xp.astype(d_scores, flat.s.dtype)
     need_dw = need_dv and tournament is not None
     dE, dw = rows_backward(xp, d_values, sel.slot_of_row, sel.weight_of_row, flat.E, need_dE=need_dE, need_dw=need_dw)
@@ -56,15 +56,27 @@ def selection_backward(
     if tournament is None:
         ds = take_along_last(xp, d_scores, sel.slot_of_row) * sel.weight_of_row
     else:
-        m = k << n_rounds(n, k)
-        dw = xp.where(flat.valid, xp.astype(dw, flat.s.dtype, copy=False), 0.0)
-        if m > n:
-            dw = xp.concat([dw, xp.zeros((B, m - n), dtype=dw.dtype, device=flat.device)], axis=-1)
-        d_scores_t = take_along_last(xp, d_scores, sel.inv_perm)
-        ds = tournament_backward(xp, sel, dw, d_scores_t, **tournament)[:, :n]
-        ds = xp.where(flat.valid, ds, 0.0)  # invalid items: constant -inf scores (matters when n == k)
-        ds = ds * nan_factor(xp, flat.poison, ds.dtype)[:, None]  # poisoned rows: NaN, as their outputs
+        ds = _score_cotangents(flat, sel, dw, d_scores, tournament)
     return dE, cast_saturated(xp, ds, flat.v_dtype)
+
+
+def _score_cotangents(flat: Flat, sel: Selection, dw: Any, d_scores: Any, tournament: dict[str, Any]) -> Any:
+    """Successive halving's score cotangents (B, n), in the scores' compute dtype, from the
+    rows' weight cotangents ``dw`` (B, n) and the slots' score cotangents (B, k): back
+    through the tournament, in one engine call where the engine fuses these steps."""
+    xp = flat.xp
+    B, n, k = flat.B, flat.n, flat.k
+    fused = score_cotangents(xp, sel, dw, d_scores, flat.valid, flat.poison, **tournament)
+    if fused is not None:
+        return fused
+    m = k << n_rounds(n, k)
+    dw = xp.where(flat.valid, xp.astype(dw, flat.s.dtype, copy=False), 0.0)
+    if m > n:
+        dw = xp.concat([dw, xp.zeros((B, m - n), dtype=dw.dtype, device=flat.device)], axis=-1)
+    d_scores_t = take_along_last(xp, d_scores, sel.inv_perm)
+    ds = tournament_backward(xp, sel, dw, d_scores_t, **tournament)[:, :n]
+    ds = xp.where(flat.valid, ds, 0.0)  # invalid items: constant -inf scores (matters when n == k)
+    return ds * nan_factor(xp, flat.poison, ds.dtype)[:, None]  # poisoned rows: NaN, as their outputs
 
 
 def baseline_backward(

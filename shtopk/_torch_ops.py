@@ -165,24 +165,24 @@ _ROUND_FIELDS = ("order", "sorted_weights", "w_hi", "w_lo", "s_hi", "s_lo", "gap
 def pack_selection(sel: Selection) -> list[Tensor]:
     """The tensors of a recorded selection that its backward reads, in :func:`selection_layout` order.
 
-    Each field of the rounds is one tensor, the rounds side by side: on the host
-    path, the very array the compiled tournament wrote them into (no copy);
-    otherwise one concatenation. Views are copied (a custom op's outputs may not
+    Each field of the rounds is one tensor, the rounds side by side: the very
+    array an engine wrote them into when the selection has them (``columns``: no
+    copy); otherwise one concatenation. Views are copied (a custom op's outputs may not
     alias one another), and every tensor is contiguous.
     """
     like = sel.weight_of_row
     host = isinstance(like, np.ndarray)
     kinds = {"order": np.int64, "lo_valid": np.bool_} if host else {"order": torch.int64, "lo_valid": torch.bool}
-    out = []
-    for name in _ROUND_FIELDS:
+
+    def side_by_side(name: str) -> Any:
         blocks = [getattr(rd, name) for rd in sel.rounds]
         if not blocks:  # no rounds (k >= n): empty columns
             dt = kinds.get(name, like.dtype)
-            out.append(np.empty((like.shape[0], 0), dt) if host else like.new_empty((like.shape[0], 0), dtype=dt))
-        elif host:
-            out.append(stacked(blocks))
-        else:
-            out.append(torch.cat(blocks, dim=-1))
+            return np.empty((like.shape[0], 0), dt) if host else like.new_empty((like.shape[0], 0), dtype=dt)
+        return stacked(blocks) if host else torch.cat(blocks, dim=-1)
+
+    # the arrays the engine wrote the rounds into, when it handed them over
+    out = list(sel.columns) if sel.columns is not None else [side_by_side(name) for name in _ROUND_FIELDS]
     out += [sel.slot_of_row, sel.weight_of_row, sel.inv_perm]
     seen: set[int] = set()
     packed = []
@@ -214,7 +214,7 @@ def unpack_selection(saved: list[Tensor]) -> Selection:
         )
         for full, half in round_columns(m, k)
     ]
-    return Selection(None, None, None, slot_of_row, weight_of_row, rounds, inv_perm)
+    return Selection(None, None, None, slot_of_row, weight_of_row, rounds, inv_perm, tuple(fields))
 
 
 def _topk_backward(

@@ -176,6 +176,71 @@ def test_tournament_gather_is_tournament_then_gather(monkeypatch, rng, case, spe
             np.testing.assert_array_equal(getattr(a, f.name), getattr(b, f.name), err_msg=f.name)
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c[1] > c[2]])
+def test_recorded_columns_are_the_rounds_side_by_side(rng, case):
+    """A recorded selection of the compiled tournament hands over the arrays it wrote the rounds
+    into (``columns``): every round's field is a view of its columns; the backward kernels and
+    the torch custom op's saved tensors take those arrays as they are (no copy), and the
+    neutral core's selection (no columns) gives equal ones by concatenation."""
+    from shtopk._torch_ops import pack_selection
+
+    batch, n, k, d = case
+    E, v, keep = inputs(rng, batch, n, d, mask=True, special=True)
+    flat = flatten_inputs(check_inputs(E, v, k, keep))
+    kw = dict(boost=3.0, weighting="softmax", order="score", record=True)
+    sel = cpu.tournament(xp_np, flat.s, flat.valid, flat.poison, k, **kw)
+    names = [f.name for f in dataclasses.fields(sel.rounds[0])]
+    m = k * sel.indices.shape[-1]
+    assert len(sel.columns) == len(names)
+    for i, name in enumerate(names):
+        for (full, half), rd in zip(cpu.round_columns(m, k), sel.rounds, strict=True):
+            part = getattr(rd, name)
+            np.testing.assert_array_equal(part, sel.columns[i][:, full if i < 2 else half])
+            assert part.size == 0 or np.shares_memory(part, sel.columns[i])
+    fields = cpu._round_fields(sel, flat.B, flat.s.dtype)
+    assert all(a is b for a, b in zip(fields, sel.columns, strict=True))
+    packed = pack_selection(sel)
+    assert all(np.shares_memory(t.numpy(), c) for t, c in zip(packed, sel.columns, strict=False) if c.size)
+    assert neutral_tournament(xp_np, flat.s, flat.valid, flat.poison, k, **kw).columns is None
+    copies = [type(rd)(*(np.array(getattr(rd, name)) for name in names)) for rd in sel.rounds]
+    concatenated = cpu._round_fields(dataclasses.replace(sel, rounds=copies, columns=None), flat.B, flat.s.dtype)
+    for a, b in zip(fields, concatenated, strict=True):
+        assert not np.shares_memory(a, b)
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("weighting", ["softmax", "power"])
+@pytest.mark.parametrize("mask", [False, True])
+@pytest.mark.parametrize("special", [False, True])
+@pytest.mark.parametrize("case", CASES)
+def test_score_cotangents_are_the_steps_around_the_tournament_backward(
+    monkeypatch, rng, case, special, mask, weighting, dtype
+):
+    """The fused score cotangents (one kernel call) are exactly the steps they replace: the
+    weight cotangents where valid and padded, d_scores in plan order, the tournament's
+    backward kernel, then 0 where invalid and NaN on poisoned rows (E's dtype float32 or
+    float64 for the weight cotangents, the scores' for the rest)."""
+    from shtopk import _backward
+
+    batch, n, k, d = case
+    E, v, keep = inputs(rng, batch, n, d, mask=mask, special=special)
+    flat = flatten_inputs(check_inputs(E.astype(dtype), v.astype(dtype), k, keep))
+    tourney = dict(boost=3.0 if weighting == "softmax" else 20.0, weighting=weighting)
+    sel = cpu.tournament(xp_np, flat.s, flat.valid, flat.poison, k, **tourney, order="score", record=True)
+    for dw_dtype in ("float32", "float64"):
+        dw = rng.normal(size=(flat.B, n)).astype(dw_dtype)
+        d_scores = rng.normal(size=(flat.B, k)).astype(flat.s.dtype)
+        fused = _backward._score_cotangents(flat, sel, dw, d_scores, tourney)
+        with monkeypatch.context() as m:
+            m.setattr(_backward, "score_cotangents", lambda *a, **kw: None)
+            steps = _backward._score_cotangents(flat, sel, dw, d_scores, tourney)
+        assert fused.dtype == steps.dtype == flat.s.dtype and fused.shape == (flat.B, n)
+        np.testing.assert_array_equal(fused, steps)
+        if special and flat.B:
+            assert np.isnan(fused).any() == bool(flat.poison.any())
+
+
 @pytest.mark.parametrize("mask", [False, True])
 def test_tournament_gather_with_inf_in_E(monkeypatch, rng, mask):
     """Slots with invalid members (padding, masked items) add their zero-weight members'

@@ -81,7 +81,10 @@ class Selection:
     selection also holds what the manual backward pass needs: the row layout
     (``slot_of_row``, ``weight_of_row``: (B, n), the output slot and weight of
     every input row), the rounds, and ``inv_perm`` (B, k), the inverse of the
-    final ordering of the slots.
+    final ordering of the slots. An engine that writes the rounds' fields side by
+    side (one array per :class:`Round` field, round ``r`` at the columns
+    :func:`shtopk._kernels.cpu.round_columns` gives) may also hand over those arrays
+    as ``columns``, of which the rounds are views; None otherwise.
     """
 
     indices: Any
@@ -91,6 +94,7 @@ class Selection:
     weight_of_row: Any = None
     rounds: list[Round] = field(default_factory=list)
     inv_perm: Any = None
+    columns: tuple[Any, ...] | None = None
 
 
 def pair_gap(xp: Any, s_hi: Any, s_lo: Any, boost: float, weighting: str, *, all_finite: bool = False) -> Any:

@@ -229,6 +229,18 @@ def selection_values(
     return gather_sum(xp, sel.indices, sel.weights, sel.scores, E), sel.scores, sel if record else None
 
 
+def score_cotangents(
+    xp: Any, sel: Selection, dw: Any, d_scores: Any, valid: Any, poison: Any, boost: float, weighting: str
+) -> Any | None:
+    """The score cotangents (B, n) of a recorded successive-halving selection, in one call
+    where an engine fuses :func:`tournament_backward` with the steps around it (the
+    compiled CPU engine: :func:`.cpu.score_cotangents`); None elsewhere, where the caller
+    runs the steps (:func:`shtopk._backward.selection_backward`)."""
+    if engine(dw, d_scores, valid, poison, sel.inv_perm) == "numba":
+        return cpu.score_cotangents(xp, sel, dw, d_scores, valid, poison, boost, weighting)
+    return None
+
+
 def tournament_backward(xp: Any, sel: Selection, dw_items: Any, d_scores: Any, boost: float, weighting: str) -> Any:
     """Score cotangents of the padded items; see
     :func:`shtopk._core.plan_backward.neutral_tournament_backward`."""

@@ -495,7 +495,8 @@ def _recorded(
         for cols_full, cols_half in round_columns(m, k)
     ]
     slot_of_row, weight_of_row, inv_perm = (_wrap(a, like) for a in rows)
-    return Selection(indices, weights, scores, slot_of_row, weight_of_row, rounds, inv_perm)
+    columns = tuple(_wrap(a, like) for a in fields)
+    return Selection(indices, weights, scores, slot_of_row, weight_of_row, rounds, inv_perm, columns)
 
 
 def _run_tournament(
@@ -653,28 +654,62 @@ def tournament_backward(xp: Any, sel: Selection, dw_items: Any, d_scores: Any, b
         )
         return _wrap(np.ascontiguousarray(out), dw_items)
     B, m = dw_h.shape
-
-    def field(name: str, dtype: Any = dt) -> np.ndarray:
-        return stacked([getattr(rd, name) for rd in sel.rounds], dtype)
-
     out = np.empty((B, m), dt)
     blocks = _launch(B * m * TOURNAMENT_BYTES_PER_ITEM, B)
-    _run(
-        _kernels.tournament_backward,
-        field("order", np.int64),
-        field("sorted_weights"),
-        field("w_hi"),
-        field("w_lo"),
-        field("s_hi"),
-        field("s_lo"),
-        field("gap"),
-        field("t"),
-        field("lo_valid", bool),
-        dw_h,
-        _host(d_scores, dt),
-        _backward_consts(dt, boost, weighting),
-        weighting == "power",
-        out,
-        blocks,
-    )
+    consts = _backward_consts(dt, boost, weighting)
+    fields = _round_fields(sel, B, dt)
+    _run(_kernels.tournament_backward, *fields, dw_h, _host(d_scores, dt), consts, weighting == "power", out, blocks)
     return _wrap(out, dw_items)
+
+
+#: The kinds of the :class:`~shtopk._core.plan.Round` fields that are not scores.
+_FIELD_DTYPES = {"order": np.dtype(np.int64), "lo_valid": np.dtype(np.bool_)}
+
+
+def _round_fields(sel: Selection, B: int, dt: np.dtype) -> list[np.ndarray]:
+    """A recorded selection's :class:`~shtopk._core.plan.Round` fields as the backward kernels
+    read them: one array per field, the rounds side by side (:func:`round_columns`; (B, 0)
+    without rounds): its ``columns`` when it has them, of these dtypes."""
+    names = [f.name for f in dataclasses.fields(Round)]
+    if sel.columns is not None:
+        columns = [_host(c) for c in sel.columns]
+        if all(c.dtype == _FIELD_DTYPES.get(name, dt) for c, name in zip(columns, names, strict=True)):
+            return columns
+    if not sel.rounds:
+        return [np.empty((B, 0), _FIELD_DTYPES.get(name, dt)) for name in names]
+    return [stacked([getattr(rd, name) for rd in sel.rounds], _FIELD_DTYPES.get(name, dt)) for name in names]
+
+
+def score_cotangents(
+    xp: Any, sel: Selection, dw: Any, d_scores: Any, valid: Any, poison: Any, boost: float, weighting: str
+) -> Any | None:
+    """The score cotangents (B, n) of a recorded successive-halving selection from its rows'
+    weight cotangents ``dw`` (B, n) and its slots' score cotangents ``d_scores`` (B, k), in
+    one kernel call (:func:`.numba_kernels.score_cotangents`: the tournament's backward with
+    the steps around it of :func:`shtopk._backward.selection_backward`), in the dtype of
+    ``d_scores``; None unless that is float32 or float64."""
+    _require()
+    ds_h = _host(d_scores)
+    dt = ds_h.dtype
+    if dt not in (np.float32, np.float64):
+        return None
+    dw_h = _host(dw)
+    B, n = dw_h.shape
+    fields = _round_fields(sel, B, dt)
+    m = fields[0].shape[1] // 2 + ds_h.shape[1]
+    out = np.empty((B, n), dt)
+    if B:
+        _run(
+            _kernels.score_cotangents,
+            *fields,
+            dw_h,
+            _host(valid),
+            _host(poison),
+            ds_h,
+            _host(sel.inv_perm, np.int64),
+            _backward_consts(dt, boost, weighting),
+            weighting == "power",
+            out,
+            _launch(B * m * TOURNAMENT_BYTES_PER_ITEM, B),
+        )
+    return _wrap(out, d_scores)

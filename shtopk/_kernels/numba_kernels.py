@@ -1093,42 +1093,83 @@ def tournament_backward(
     ``ln ln b``, the two exp caps and ``big / 4`` (power), 1, in the scores' dtype.
     """
     B, m = dw_items.shape
+    k = d_scores.shape[1]
     step = (B + chunks - 1) // chunks
     for c in prange(chunks):
         buf = np.empty((7, m), dw_items.dtype)  # the thread's scratch, reused row after row
         for b in range(c * step, min(B, (c + 1) * step)):
-            _tournament_backward_row(
-                buf,
-                b,
-                orders,
-                sorted_w,
-                w_hi,
-                w_lo,
-                s_hi0,
-                s_lo0,
-                gap,
-                t,
-                lo_valid,
-                dw_items,
-                d_scores,
-                consts,
-                power,
-                out,
+            buf[0] = dw_items[b]
+            buf[3, :k] = d_scores[b]
+            out[b] = _tournament_backward_row(
+                buf, b, k, orders, sorted_w, w_hi, w_lo, s_hi0, s_lo0, gap, t, lo_valid, consts, power
             )
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def score_cotangents(
+    orders,
+    sorted_w,
+    w_hi,
+    w_lo,
+    s_hi0,
+    s_lo0,
+    gap,
+    t,
+    lo_valid,
+    dw,
+    valid,
+    poison,
+    d_scores,
+    inv_perm,
+    consts,
+    power,
+    out,
+    chunks,
+):  # pragma: no cover -- compiled
+    """The score cotangents of :func:`shtopk._backward.selection_backward` (successive halving)
+    for every batch row: :func:`tournament_backward` with the steps around it fused in.
+
+    Reads the rows' weight cotangents ``dw`` (B, n) where ``valid`` (0 elsewhere, and for
+    the padding up to ``m`` items), and ``d_scores`` (B, k) by ``inv_perm`` (slot order to
+    plan order); writes ``out`` (B, n): the cotangents where valid, 0 elsewhere, NaN on
+    ``poison``-ed rows. The same arithmetic as the separate steps, in the scores' dtype.
+    """
+    B, n = dw.shape
+    k = d_scores.shape[1]
+    m = orders.shape[1] // 2 + k
+    step = (B + chunks - 1) // chunks
+    zero, nan = consts[0], np.nan
+    for c in prange(chunks):
+        buf = np.empty((7, m), out.dtype)  # the thread's scratch, reused row after row
+        for b in range(c * step, min(B, (c + 1) * step)):
+            Q = buf[0]
+            for i in range(n):
+                Q[i] = dw[b, i] if valid[b, i] else zero
+            Q[n:] = zero
+            for j in range(k):
+                buf[3, j] = d_scores[b, inv_perm[b, j]]
+            sigma = _tournament_backward_row(
+                buf, b, k, orders, sorted_w, w_hi, w_lo, s_hi0, s_lo0, gap, t, lo_valid, consts, power
+            )
+            if poison[b]:
+                out[b] = nan
+            else:
+                for i in range(n):
+                    out[b, i] = sigma[i] if valid[b, i] else zero
 
 
 @njit(cache=True, error_model="numpy")
 def _tournament_backward_row(
-    buf, b, orders, sorted_w, w_hi, w_lo, s_hi0, s_lo0, gap, t, lo_valid, dw_items, d_scores, consts, power, out
+    buf, b, k, orders, sorted_w, w_hi, w_lo, s_hi0, s_lo0, gap, t, lo_valid, consts, power
 ):  # pragma: no cover -- compiled
     """Batch row ``b`` of :func:`tournament_backward`: ``Q`` bottom-up, then ``sigma`` and ``D``
-    top-down."""
-    m = dw_items.shape[1]
-    k = d_scores.shape[1]
+    top-down. Takes ``Q`` (the padded items' weight cotangents) in ``buf[0]`` and the slots'
+    score cotangents in ``buf[3, :k]``; returns ``sigma`` (m,), the items' score cotangents
+    (a view of ``buf``)."""
+    m = buf.shape[1]
     zero, big, boost, log_log_b, one = consts[0], consts[1], consts[2], consts[4], consts[8]
     dQ = buf[2]  # round r's pairs at m - M_r
     Q = buf[0]
-    Q[:] = dw_items[b]
     M = m
     fo = 0
     flip = 1
@@ -1147,7 +1188,6 @@ def _tournament_backward_row(
         fo += M
         M = h
     sigma = buf[3, :k]
-    sigma[:] = d_scores[b]
     D = buf[5, :k]
     D[:] = one
     flip = 0
@@ -1184,4 +1224,4 @@ def _tournament_backward_row(
         sigma = sigma2
         D = D2
         M = M2
-    out[b] = sigma
+    return sigma
