@@ -245,7 +245,8 @@ def _topk_backward(
 @dataclasses.dataclass(frozen=True)
 class _Carried:
     """What an eager forward hands its backward besides the saved tensors: the flattened inputs
-    without E, and the recorded selection as the engine returned it (None without a record)."""
+    (their E a view of the E saved for the backward, whose version torch checks) and the
+    recorded selection as the engine returned it (None without a record)."""
 
     flat: Flat
     selection: Selection | None
@@ -270,10 +271,8 @@ def _topk_backward_flat(
     if carried is None:
         flat, host = _flat(E, v, mask, k)
     else:
-        host = isinstance(carried.flat.s, np.ndarray)
-        kept, sel = carried.flat, carried.selection
-        E_flat = kept.xp.reshape(numpy_view(E) if host else E, (kept.B, kept.n, kept.d))
-        flat = dataclasses.replace(kept, E=E_flat)
+        flat, sel = carried.flat, carried.selection
+        host = isinstance(flat.s, np.ndarray)
     if host:  # NumPy views of the record and of the cotangents, as of E and v
         saved = [numpy_view(x) for x in saved]
         d_values = numpy_view(d_values.to(E.dtype))
@@ -395,11 +394,11 @@ class TopKFunction(torch.autograd.Function):
         if inp is None:
             values, scores, saved = topk(E, v, mask, *settings)
             return (values, scores, *saved)
-        # eager: the flattened inputs (not E) and the record go to the backward as they are,
+        # eager: the flattened inputs and the record go to the backward as they are,
         # not as tensors (a backward without them recomputes the selection from the scores)
         flat, _ = _flat_of(inp)
         values, scores, sel = _forward(flat, *settings[1:])
-        return values, scores, _Carried(dataclasses.replace(flat, E=None), sel)
+        return values, scores, _Carried(flat, sel)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:

@@ -230,6 +230,21 @@ def test_calls_without_autograd_skip_the_function_with_the_same_values(rng, monk
     assert len(applied) > 2
 
 
+@pytest.mark.parametrize("name", sorted(OPERATORS))
+def test_eager_backward_after_an_inplace_change_of_E_raises(rng, name):
+    """The eager backward reads the forward's flattened inputs (a view of E): changing E in place
+    between forward and backward is the error torch reports for saved tensors, never a gradient
+    of the changed values."""
+    E0, v = data(rng, 2, 16)
+    v.requires_grad_()
+    E = E0.clone().requires_grad_() * 1.0  # a non-leaf, which may be changed in place
+    out = OPERATORS[name](E, v, 4).values
+    with torch.no_grad():
+        E.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
 @pytest.mark.parametrize("grad", [False, True])
 def test_jit_trace_records_the_function_not_constants(rng, grad):
     """``torch.jit.trace`` sees the autograd function (not the eager bodies, whose NumPy work it
