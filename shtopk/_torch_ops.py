@@ -357,10 +357,10 @@ def run(inp: Inputs, settings: tuple[Any, ...]) -> tuple[Tensor, Tensor]:
     """
     E, v, mask = inp.E, inp.v, inp.mask
     record = torch.is_grad_enabled() and (E.requires_grad or v.requires_grad)
-    if not record and _plain_eager(E, v, mask) and not _forward_ad_active():
+    plain = _plain_eager(E, v, mask)
+    if plain and not record and not _forward_ad_active():
         return _forward(_flat_of(inp)[0], *settings, False)[:2]
     # in plain eager mode the function's forward takes the validated inputs as they are
-    plain = _plain_eager(E, v, mask)
     values, scores, *_ = TopKFunction.apply(E, v, mask, inp.k, *settings, record, inp if plain else None)
     return values, scores
 

@@ -17,12 +17,13 @@ work can keep busy, and a core that another process keeps busy is not
 counted (a parallel region waits for its slowest thread; other processes'
 cores are estimated from their CPU time, see :func:`_busy`). Its work is split
 into a few blocks per thread, handed out dynamically, so a thread that is
-slowed anyway takes fewer blocks instead of holding the others up. A forward
-makes one parallel call over batch rows (each row's tournament, then the
-gather-sum of its selection, which is never written to memory) or, with a record
-for the backward or when batch rows are fewer than cores, two (the tournament;
-the gather-sum); a backward two more (the tournament's backward; the rows
-backward), never one per small step.
+slowed anyway takes fewer blocks instead of holding the others up. After one
+call that prepares the scores, a forward makes one parallel call over batch rows
+(each row's tournament, then the gather-sum of its selection, which is never
+written to memory; with a record for the backward, the record too) or, when
+batch rows are fewer than cores, two (the tournament; the gather-sum); a
+backward two more (the rows backward; the tournament's backward with the steps
+around it, :func:`score_cotangents`), never one per small step.
 
 Fresh memory is costly (each new 4 KiB page faults), so the kernels' scratch is
 carved out of one block, kept per thread when small (:func:`scratch`).
