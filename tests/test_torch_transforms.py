@@ -245,6 +245,30 @@ def test_eager_backward_after_an_inplace_change_of_E_raises(rng, name):
         out.sum().backward()
 
 
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_activation_checkpointing_gives_the_gradients_of_a_plain_call(rng, use_reentrant):
+    """``torch.utils.checkpoint`` (the forward recomputed in the backward, as long-sequence
+    models use it) gives exactly the gradients of the same function without checkpointing."""
+    from torch.utils.checkpoint import checkpoint
+
+    E0, v0 = data(rng, 3, 32)
+    mask = torch.from_numpy(rng.random((3, 32)) < 0.8)
+
+    def loss(E, v):
+        return shtopk.successive_halving_topk(E * 2.0, v * 1.5, 4, boost=3.0, mask=mask).values.sin().sum()
+
+    grads = []
+    for checkpointed in (False, True):
+        E, v = E0.clone().requires_grad_(), v0.clone().requires_grad_()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the reentrant variant's note that no input requires grad
+            out = checkpoint(loss, E, v, use_reentrant=use_reentrant) if checkpointed else loss(E, v)
+        out.backward()
+        grads.append((E.grad, v.grad))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("grad", [False, True])
 def test_jit_trace_records_the_function_not_constants(rng, grad):
     """``torch.jit.trace`` sees the autograd function (not the eager bodies, whose NumPy work it
