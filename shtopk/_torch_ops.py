@@ -46,7 +46,7 @@ from ._core.flat import Flat
 from ._core.hard import hard_selection
 from ._core.plan import Round, Selection, n_rounds
 from ._kernels import host_inputs
-from ._kernels.cpu import numpy_view, round_columns, stacked
+from ._kernels.cpu import ROUND_FIELDS, numpy_view, round_columns, round_fields
 from ._operators import HardTopK, IterativeSoftmax, SuccessiveHalving
 from ._validation import Inputs, check_inputs
 
@@ -159,9 +159,6 @@ def selection_layout(B: Any, n: int, k: int) -> list[tuple[tuple[Any, ...], str]
     return [*layout, ((B, n), "index"), ((B, n), "float"), ((B, k), "index")]
 
 
-_ROUND_FIELDS = ("order", "sorted_weights", "w_hi", "w_lo", "s_hi", "s_lo", "gap", "t", "lo_valid")
-
-
 def pack_selection(sel: Selection) -> list[Tensor]:
     """The tensors of a recorded selection that its backward reads, in :func:`selection_layout` order.
 
@@ -171,18 +168,18 @@ def pack_selection(sel: Selection) -> list[Tensor]:
     alias one another), and every tensor is contiguous.
     """
     like = sel.weight_of_row
-    host = isinstance(like, np.ndarray)
-    kinds = {"order": np.int64, "lo_valid": np.bool_} if host else {"order": torch.int64, "lo_valid": torch.bool}
-
-    def side_by_side(name: str) -> Any:
-        blocks = [getattr(rd, name) for rd in sel.rounds]
-        if not blocks:  # no rounds (k >= n): empty columns
-            dt = kinds.get(name, like.dtype)
-            return np.empty((like.shape[0], 0), dt) if host else like.new_empty((like.shape[0], 0), dtype=dt)
-        return stacked(blocks) if host else torch.cat(blocks, dim=-1)
-
-    # the arrays the engine wrote the rounds into, when it handed them over
-    out = list(sel.columns) if sel.columns is not None else [side_by_side(name) for name in _ROUND_FIELDS]
+    if isinstance(like, np.ndarray):  # the host path: the arrays the compiled backward reads
+        out = round_fields(sel, like.shape[0], like.dtype)
+    elif sel.columns is not None:  # the arrays the engine wrote the rounds into
+        out = list(sel.columns)
+    else:
+        kinds = {"order": torch.int64, "lo_valid": torch.bool}
+        out = [
+            torch.cat([getattr(rd, name) for rd in sel.rounds], dim=-1)
+            if sel.rounds
+            else like.new_empty((like.shape[0], 0), dtype=kinds.get(name, like.dtype))  # no rounds (k >= n)
+            for name in ROUND_FIELDS
+        ]
     out += [sel.slot_of_row, sel.weight_of_row, sel.inv_perm]
     seen: set[int] = set()
     packed = []
@@ -201,7 +198,7 @@ def pack_selection(sel: Selection) -> list[Tensor]:
 
 def unpack_selection(saved: list[Tensor]) -> Selection:
     """The inverse of :func:`pack_selection` (the fields the backward reads; rounds as views)."""
-    per = len(_ROUND_FIELDS)
+    per = len(ROUND_FIELDS)
     fields, (slot_of_row, weight_of_row, inv_perm) = saved[:per], saved[per:]
     k = inv_perm.shape[-1]
     m = fields[2].shape[-1] + k
@@ -209,7 +206,7 @@ def unpack_selection(saved: list[Tensor]) -> Selection:
         Round(
             **{
                 name: f[:, full if i < 2 else half]
-                for i, (name, f) in enumerate(zip(_ROUND_FIELDS, fields, strict=True))
+                for i, (name, f) in enumerate(zip(ROUND_FIELDS, fields, strict=True))
             }
         )
         for full, half in round_columns(m, k)

@@ -197,13 +197,13 @@ def test_recorded_columns_are_the_rounds_side_by_side(rng, case):
             part = getattr(rd, name)
             np.testing.assert_array_equal(part, sel.columns[i][:, full if i < 2 else half])
             assert part.size == 0 or np.shares_memory(part, sel.columns[i])
-    fields = cpu._round_fields(sel, flat.B, flat.s.dtype)
+    fields = cpu.round_fields(sel, flat.B, flat.s.dtype)
     assert all(a is b for a, b in zip(fields, sel.columns, strict=True))
     packed = pack_selection(sel)
     assert all(np.shares_memory(t.numpy(), c) for t, c in zip(packed, sel.columns, strict=False) if c.size)
     assert neutral_tournament(xp_np, flat.s, flat.valid, flat.poison, k, **kw).columns is None
     copies = [type(rd)(*(np.array(getattr(rd, name)) for name in names)) for rd in sel.rounds]
-    concatenated = cpu._round_fields(dataclasses.replace(sel, rounds=copies, columns=None), flat.B, flat.s.dtype)
+    concatenated = cpu.round_fields(dataclasses.replace(sel, rounds=copies, columns=None), flat.B, flat.s.dtype)
     for a, b in zip(fields, concatenated, strict=True):
         assert not np.shares_memory(a, b)
         np.testing.assert_array_equal(a, b)

@@ -658,27 +658,29 @@ def tournament_backward(xp: Any, sel: Selection, dw_items: Any, d_scores: Any, b
     out = np.empty((B, m), dt)
     blocks = _launch(B * m * TOURNAMENT_BYTES_PER_ITEM, B)
     consts = _backward_consts(dt, boost, weighting)
-    fields = _round_fields(sel, B, dt)
+    fields = round_fields(sel, B, dt)
     _run(_kernels.tournament_backward, *fields, dw_h, _host(d_scores, dt), consts, weighting == "power", out, blocks)
     return _wrap(out, dw_items)
 
 
-#: The kinds of the :class:`~shtopk._core.plan.Round` fields that are not scores.
+#: The fields of a :class:`~shtopk._core.plan.Round`, in order, and the dtypes of those that
+#: are not scores.
+ROUND_FIELDS = tuple(f.name for f in dataclasses.fields(Round))
 _FIELD_DTYPES = {"order": np.dtype(np.int64), "lo_valid": np.dtype(np.bool_)}
 
 
-def _round_fields(sel: Selection, B: int, dt: np.dtype) -> list[np.ndarray]:
+def round_fields(sel: Selection, B: int, dt: np.dtype) -> list[np.ndarray]:
     """A recorded selection's :class:`~shtopk._core.plan.Round` fields as the backward kernels
-    read them: one array per field, the rounds side by side (:func:`round_columns`; (B, 0)
-    without rounds): its ``columns`` when it has them, of these dtypes."""
-    names = [f.name for f in dataclasses.fields(Round)]
+    read them (and the torch op saves them): one host array per field, the rounds side by
+    side (:func:`round_columns`; (B, 0) without rounds), scores in ``dt``: its ``columns``
+    when it has them, of these dtypes."""
     if sel.columns is not None:
         columns = [_host(c) for c in sel.columns]
-        if all(c.dtype == _FIELD_DTYPES.get(name, dt) for c, name in zip(columns, names, strict=True)):
+        if all(c.dtype == _FIELD_DTYPES.get(name, dt) for c, name in zip(columns, ROUND_FIELDS, strict=True)):
             return columns
     if not sel.rounds:
-        return [np.empty((B, 0), _FIELD_DTYPES.get(name, dt)) for name in names]
-    return [stacked([getattr(rd, name) for rd in sel.rounds], _FIELD_DTYPES.get(name, dt)) for name in names]
+        return [np.empty((B, 0), _FIELD_DTYPES.get(name, dt)) for name in ROUND_FIELDS]
+    return [stacked([getattr(rd, name) for rd in sel.rounds], _FIELD_DTYPES.get(name, dt)) for name in ROUND_FIELDS]
 
 
 def score_cotangents(
@@ -696,7 +698,7 @@ def score_cotangents(
         return None
     dw_h = _host(dw)
     B, n = dw_h.shape
-    fields = _round_fields(sel, B, dt)
+    fields = round_fields(sel, B, dt)
     m = fields[0].shape[1] // 2 + ds_h.shape[1]
     out = np.empty((B, n), dt)
     if B:
