@@ -391,6 +391,11 @@ def apply(plan: Plan[ArrayT], E: ValuesT) -> TopK[ValuesT, ArrayT]:
     >>> shtopk.apply(p, np.eye(3)).values.round(3)
     array([[0.781, 0.059, 0.16 ]])
     """
+    return _apply(plan, E)
+
+
+def _apply(plan: Any, E: Any) -> TopK[Any, Any]:
+    """:func:`apply` on arrays of any library."""
     try:
         indices, weights, scores = plan
     except (TypeError, ValueError):

@@ -73,7 +73,8 @@ def library_name(x: Any) -> str:
         return "cupy"
     if is_jax_array(x):
         return "jax"
-    if array_api_compat.is_array_api_strict_namespace(getattr(x, "__array_namespace__", lambda: None)()):
+    namespace = getattr(x, "__array_namespace__", None)
+    if namespace is not None and array_api_compat.is_array_api_strict_namespace(namespace()):
         return "array_api_strict"
     return type(x).__module__.split(".")[0]
 

@@ -78,10 +78,10 @@ def argsort_descending(xp: Any, s: Any, *, nearly_sorted: bool = False) -> Any:
         key = np.empty((B, M, 2), dtype=np.uint32)  # (low, high) words of a little-endian uint64
         key[..., 1] = flip.view(np.uint32)
         key[..., 0] = np.arange(M, dtype=np.uint32)
-        key = key.view(np.uint64)[..., 0]
-        key.sort(axis=-1)
-        key &= np.uint64(0xFFFFFFFF)
-        return key.view(np.intp)
+        packed = key.view(np.uint64)[..., 0]
+        packed.sort(axis=-1)
+        packed &= np.uint64(0xFFFFFFFF)
+        return packed.view(np.intp)
     return neutral_argsort_descending(xp, s)
 
 
@@ -102,13 +102,13 @@ def take_along_last(xp: Any, x: Any, idx: Any) -> Any:
 def take_along_last_many(xp: Any, xs: list[Any], idx: Any) -> list[Any]:
     """:func:`take_along_last` of several (B, N) arrays by the same ``idx``; on NumPy the
     flat index is computed once for all arrays of the first one's shape."""
-    if is_numpy_array(idx) and all(is_numpy_array(x) for x in xs):
+    if xs and is_numpy_array(idx) and all(is_numpy_array(x) for x in xs):
         import numpy as np
 
         def flat_index(N: int) -> Any:
             return idx + (np.arange(idx.shape[0], dtype=idx.dtype) * N)[:, None]
 
-        shared = flat_index(xs[0].shape[-1]) if xs else None
+        shared = flat_index(xs[0].shape[-1])
         return [np.take(x.reshape(-1), shared if x.shape == xs[0].shape else flat_index(x.shape[-1])) for x in xs]
     return [xp.take_along_axis(x, idx, axis=-1) for x in xs]
 

@@ -168,6 +168,7 @@ def pack_selection(sel: Selection) -> list[Tensor]:
     alias one another), and every tensor is contiguous.
     """
     like = sel.weight_of_row
+    out: list[Any]  # NumPy arrays on the host path, tensors otherwise
     if isinstance(like, np.ndarray):  # the host path: the arrays the compiled backward reads
         out = round_fields(sel, like.shape[0], like.dtype)
     elif sel.columns is not None:  # the arrays the engine wrote the rounds into
@@ -182,7 +183,7 @@ def pack_selection(sel: Selection) -> list[Tensor]:
         ]
     out += [sel.slot_of_row, sel.weight_of_row, sel.inv_perm]
     seen: set[int] = set()
-    packed = []
+    packed: list[Tensor] = []
     for x in out:
         if isinstance(x, np.ndarray):  # the host path's record: a tensor of its own memory
             own = x.base is None and x.flags.c_contiguous and id(x) not in seen
@@ -256,7 +257,7 @@ def _topk_backward_flat(
     mask: Tensor | None,
     d_values: Tensor,
     d_scores: Tensor | None,
-    saved: list[Tensor],
+    saved: list[Any],
     k: int,
     *settings: Any,
 ) -> tuple[Tensor, Tensor]:
@@ -270,10 +271,12 @@ def _topk_backward_flat(
     else:
         flat, sel = carried.flat, carried.selection
         host = isinstance(flat.s, np.ndarray)
+    dv_in: Any = d_values
+    ds_in: Any = d_scores
     if host:  # NumPy views of the record and of the cotangents, as of E and v
         saved = [numpy_view(x) for x in saved]
-        d_values = numpy_view(d_values.to(E.dtype))
-        d_scores = None if d_scores is None else numpy_view(d_scores)
+        dv_in = numpy_view(d_values.to(E.dtype))
+        ds_in = None if d_scores is None else numpy_view(d_scores)
     op = _operator(method, boost, weighting, order, alpha)
     if method == "successive_halving":
         if sel is None:
@@ -283,12 +286,12 @@ def _topk_backward_flat(
     else:
         sel = op.forward(flat, record=True)[2]  # the baseline's state comes with its forward
     B, d = flat.B, flat.d
-    d_values = d_values.reshape(B, k, d)
+    dv_in = dv_in.reshape(B, k, d)
     dE, dv = op.backward(
         flat,
         sel,
-        d_values if host else d_values.to(E.dtype),
-        None if d_scores is None else d_scores.reshape(B, k),
+        dv_in if host else dv_in.to(E.dtype),
+        None if ds_in is None else ds_in.reshape(B, k),
         need_dE=need_dE,
         need_dv=need_dv,
     )
@@ -356,7 +359,8 @@ def run(inp: Inputs, settings: tuple[Any, ...]) -> tuple[Tensor, Tensor]:
     record = torch.is_grad_enabled() and (E.requires_grad or v.requires_grad)
     plain = _plain_eager(E, v, mask)
     if plain and not record and not _forward_ad_active():
-        return _forward(_flat_of(inp)[0], *settings, False)[:2]
+        method, boost, weighting, order, alpha = settings
+        return _forward(_flat_of(inp)[0], method, boost, weighting, order, alpha, False)[:2]
     # in plain eager mode the function's forward takes the validated inputs as they are
     values, scores, *_ = TopKFunction.apply(E, v, mask, inp.k, *settings, record, inp if plain else None)
     return values, scores
@@ -387,14 +391,14 @@ class TopKFunction(torch.autograd.Function):
     def forward(E: Tensor, v: Tensor, mask: Tensor | None, *settings: Any) -> tuple[Any, ...]:
         # settings: the op's ``k`` ... ``record``, then the validated inputs in plain eager mode
         # (:func:`run` decides: inside the function, tracing and transforms are not visible)
-        *settings, inp = settings
+        *op_settings, inp = settings
         if inp is None:
-            values, scores, saved = topk(E, v, mask, *settings)
+            values, scores, saved = topk(E, v, mask, *op_settings)
             return (values, scores, *saved)
         # eager: the flattened inputs and the record go to the backward as they are,
         # not as tensors (a backward without them recomputes the selection from the scores)
         flat, _ = _flat_of(inp)
-        values, scores, sel = _forward(flat, *settings[1:])
+        values, scores, sel = _forward(flat, *op_settings[1:])
         return values, scores, _Carried(flat, sel)
 
     @staticmethod

@@ -138,7 +138,7 @@ class Plan(_PlanFields[ArrayT]):
     built_for: PlanTarget | None = None
 
     def __new__(cls, indices: Any, weights: Any, scores: Any, *, built_for: PlanTarget | None = None) -> Plan[Any]:
-        self = super().__new__(cls, indices, weights, scores)
+        self = tuple.__new__(cls, (indices, weights, scores))  # what the named tuple's __new__ does
         if built_for is not None:
             self.built_for = built_for
         return self

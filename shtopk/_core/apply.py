@@ -100,8 +100,8 @@ def neutral_rows_backward(
     w = xp.reshape(xp.astype(weight_of_row, acc), (B * n, 1))
     dv2 = xp.reshape(d_values, (B * k, d))
     E2 = xp.reshape(E, (B * n, d))
-    dE = xp.empty((B * n, d), dtype=E.dtype, device=device(E)) if need_dE else None
-    dw = xp.empty((B * n,), dtype=acc, device=device(E)) if need_dw else None
+    dE: Any = xp.empty((B * n, d), dtype=E.dtype, device=device(E)) if need_dE else None
+    dw: Any = xp.empty((B * n,), dtype=acc, device=device(E)) if need_dw else None
     step = rows_per_chunk(xp, d, E.dtype, dE if need_dE else dw, B * n)
     for a in range(0, B * n, step):
         b = min(B * n, a + step)

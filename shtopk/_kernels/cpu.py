@@ -36,6 +36,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -235,8 +236,10 @@ def _busy() -> int:
         return _busy_cores  # (without reading /proc/stat: ~17 us a read on this project's VM)
     try:
         now = _cpu_seconds()
-        age = now[0] - _sample[0] if _sample is not None else math.inf
-        _busy_cores = busy_cores(_sample, now) if age <= _STALE else _runnable_elsewhere()
+        if _sample is not None and now[0] - _sample[0] <= _STALE:
+            _busy_cores = busy_cores(_sample, now)
+        else:
+            _busy_cores = _runnable_elsewhere()
         _sample = now
     except (OSError, ValueError, StopIteration, IndexError):
         _busy_cores = 0
@@ -486,7 +489,14 @@ def tournament(
 
 
 def _recorded(
-    indices: Any, weights: Any, scores: Any, rows: list[np.ndarray], fields: list[np.ndarray], like: Any, m: int, k: int
+    indices: Any,
+    weights: Any,
+    scores: Any,
+    rows: Sequence[np.ndarray],
+    fields: list[np.ndarray],
+    like: Any,
+    m: int,
+    k: int,
 ) -> Selection:
     """A recorded :class:`~shtopk._core.plan.Selection` of the kernel's arrays, in the library of
     ``like``: ``rows`` are ``slot_of_row``, ``weight_of_row``, ``inv_perm``; the rounds are views
@@ -536,10 +546,10 @@ def _run_tournament(
         np.empty(rows, dt),
         np.empty((B, k) if record else (0, 0), np.int64),
     ]
-    out = np.empty((B, k, E_h.shape[-1]) if gather else (0, 0, 0), dt)
+    out = np.empty((B, k, E_h.shape[-1]) if E_h is not None else (0, 0, 0), dt)
     if B:
         work = B * m * TOURNAMENT_BYTES_PER_ITEM
-        blocks = _launch(max(work, E_h.nbytes) if gather else work, B)
+        blocks = _launch(max(work, E_h.nbytes) if E_h is not None else work, B)
         _run(
             _kernels.tournament,
             s_h,
@@ -555,7 +565,7 @@ def _run_tournament(
             selection[0].reshape(-1, m),
             selection[1].reshape(-1, m),
             *selection[2:],
-            E_h if gather else np.empty((0, 0, 0), dt),
+            E_h if E_h is not None else np.empty((0, 0, 0), dt),
             out,
             *scratch(_row_scratch(m, n, k, dt, record=record, gather=gather)),
             blocks,

@@ -38,11 +38,11 @@ def rows_backward(
     w = weight_of_row.astype(acc, copy=False).reshape(B * n, 1)
     dv2 = d_values.reshape(B * k, d).astype(acc, copy=False)  # small (B, k, d): cast once, not per chunk
     E2 = E.reshape(B * n, d)
-    dE = np.empty((B * n, d), dtype=E.dtype) if need_dE else None
-    dw = np.empty((B * n,), dtype=acc) if need_dw else None
+    dE = np.empty((B * n if need_dE else 0, d), dtype=E.dtype)
+    dw = np.empty((B * n if need_dw else 0,), dtype=acc)
     step = _apply.chunk_rows(xp, d, E.dtype)
     direct = need_dE and E.dtype == acc  # gather straight into dE
-    buf = None if direct else np.empty((min(step, B * n), d), dtype=acc)
+    buf = np.empty((0 if direct else min(step, B * n), d), dtype=acc)
     for a in range(0, B * n, step):
         b = min(B * n, a + step)
         G = dE[a:b] if direct else buf[: b - a]
@@ -127,8 +127,8 @@ def gather_sum(xp: Any, indices: Any, weights: Any, scores: Any, E: Any) -> Any:
         return out.reshape(B, k, d)
     taken = np.empty((min(S, s_step) * p_step, d), dtype=E.dtype)
     gathered = taken if direct else np.empty(taken.shape, dtype=acc)
-    total = None if direct else np.empty((min(S, s_step), 1, d), dtype=acc)
-    part = np.empty((min(S, s_step), 1, d), dtype=acc) if P > p_step else None
+    total = np.empty((0 if direct else min(S, s_step), 1, d), dtype=acc)
+    part = np.empty((min(S, s_step) if P > p_step else 0, 1, d), dtype=acc)
     for a in range(0, S, s_step):
         b = min(S, a + s_step)
         acc_rows = out[a:b, None, :] if direct else total[: b - a]

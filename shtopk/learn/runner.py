@@ -36,6 +36,8 @@ def _forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     E = task.items(batch.x)
     if op.name == "oracle":
+        if batch.relevant is None:
+            raise ValueError(f"the oracle needs a task whose relevant items are known, not {task.name!r}")
         v = batch.relevant.to(E.dtype)
     else:
         v = task.scores(scorer, batch.x)

@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from .published import PUBLISHED
 TOLERANCE = 0.02  # |nCCS - published| allowed per cell for the authors' weighting
 
 #: (n, k, method) -> (nCCS, seconds, ...): a CellSummary of evaluate.summarize, or any tuple that starts so.
-Summary = dict[tuple[int, int, str], tuple[float, ...]]
+Summary = Mapping[tuple[int, int, str], tuple[float, ...]]
 
 
 def cells_of(summary: Summary) -> list[tuple[int, int]]:
@@ -117,10 +118,10 @@ def comparison(summary: Summary) -> tuple[str, bool]:
         same = len(cells) - better - worse
         lines.append(f"  better on {better}, within {TOLERANCE} on {same}, worse on {worse} of {len(cells)} cells.")
     if any((n, k, "iterative") in summary for n, k in cells):
-        diffs = [summary[(n, k, "iterative")][0] - _published("iterative", "nccs", n, k) for n, k in cells]
+        gaps = [summary[(n, k, "iterative")][0] - _published("iterative", "nccs", n, k) for n, k in cells]
         lines.append(
-            f"Iterative baseline vs its published nCCS: mean difference {sum(diffs) / len(diffs):+.4f}, "
-            f"max |difference| {max(map(abs, diffs)):.4f}."
+            f"Iterative baseline vs its published nCCS: mean difference {sum(gaps) / len(gaps):+.4f}, "
+            f"max |difference| {max(abs(g) for g in gaps):.4f}."
         )
     return "\n".join(lines), ok
 
