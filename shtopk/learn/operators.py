@@ -17,6 +17,7 @@ its gradient; see the docs page "Choosing boost").
 from __future__ import annotations
 
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,10 @@ class Operator:
     An annealed operator also has ``at``: the training progress in [0, 1]
     (step / steps) -> the pool to use at that step; ``pool`` is then the
     final one (``at(1.0)``), which the "as trained" evaluation uses.
+
+    An operator with parameters of its own (a learnt boost) has ``fresh``: a
+    new ``(pool, parameters)`` per training run; the runner trains the
+    parameters with the models' (:meth:`instance`).
     """
 
     name: str
@@ -40,10 +45,18 @@ class Operator:
     pool: Pool
     note: str = ""
     at: Callable[[float], Pool] | None = None
+    fresh: Callable[[], tuple[Pool, list[torch.nn.Parameter]]] | None = None
 
     def pool_at(self, progress: float) -> Pool:
         """The pool of training step ``progress`` (the only one unless annealed)."""
         return self.pool if self.at is None else self.at(progress)
+
+    def instance(self) -> tuple[Operator, list[torch.nn.Parameter]]:
+        """The operator for one training run and the parameters it trains (none unless ``fresh``)."""
+        if self.fresh is None:
+            return self, []
+        pool, params = self.fresh()
+        return dataclasses.replace(self, pool=pool, fresh=None), params
 
 
 def successive_halving(boost: float, weighting: str = "softmax") -> Pool:
@@ -79,6 +92,28 @@ def annealed(start: float, stop: float) -> Operator:
 
     name = f"sh-anneal-{start:g}-{stop:g}"
     return Operator(name, "prototype", at(1.0), f"softmax, boost {start:g} -> {stop:g} geometrically", at)
+
+
+def learnt_boost(start: float, rate: float) -> Operator:
+    """Prototype: softmax weighting whose boost is learnt with the models: ``boost = start *
+    exp(rate * theta)``, ``theta`` a scalar parameter starting at 0, trained by the same optimizer
+    and learning rate. Under Adam (whose steps do not depend on the gradient's scale) the log of
+    the boost moves about ``rate`` times the learning rate per step. The boost scales the scores
+    before the library's operator (``boost=1``): under the softmax weighting the same values as
+    ``boost=start * exp(rate * theta)`` on the scores themselves."""
+
+    def fresh() -> tuple[Pool, list[torch.nn.Parameter]]:
+        theta = torch.nn.Parameter(torch.zeros(()))
+
+        def pool(E: torch.Tensor, v: torch.Tensor, k: int) -> torch.Tensor:
+            boost = start * torch.exp(rate * theta)
+            return shtopk.successive_halving_topk(E, v * boost.to(v.dtype), k, boost=1.0).values
+
+        return pool, [theta]
+
+    name = f"sh-learnt-{start:g}-{rate:g}"
+    note = f"softmax, boost learnt from {start:g} (log-rate {rate:g})"
+    return Operator(name, "prototype", fresh()[0], note, fresh=fresh)
 
 
 def capped_scale_free(boost: float, floor: float) -> Pool:
@@ -188,6 +223,8 @@ def opt_in() -> list[Operator]:
     """Prototypes tried once on the selection seeds and not adopted (see the docs page "Training with
     shtopk"); not part of the full run, run them with ``--operators``."""
     return [
+        learnt_boost(1.0, 10.0),
+        learnt_boost(1.0, 1.0),
         annealed(1.0, 10.0),
         annealed(1.0, 30.0),
         annealed(3.0, 30.0),

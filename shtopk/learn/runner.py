@@ -66,7 +66,8 @@ def train(task: Task, op: Operator, seed: int, steps: int, *, evals: int = 8, lr
     task.load()
     torch.manual_seed(seed)
     scorer, head = task.models()
-    params = list(scorer.parameters()) + list(head.parameters())
+    op, own = op.instance()  # a learnt boost: its parameter, fresh for this run
+    params = list(scorer.parameters()) + list(head.parameters()) + own
     opt = torch.optim.Adam(params, lr=lr)
     gen = torch.Generator().manual_seed(10_000 + seed)
     checkpoints = {round(steps * (i + 1) / evals) for i in range(evals)}
