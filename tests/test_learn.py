@@ -198,6 +198,38 @@ def test_annealed_prototype_follows_its_schedule_through_training():
     assert not {o.name for o in opt_in()} & {o.name for o in operators()}
 
 
+def test_learnt_boost_prototype_trains_a_fresh_boost_per_run(monkeypatch):
+    from shtopk.learn import runner
+    from shtopk.learn.operators import learnt_boost, opt_in, successive_halving
+
+    op = learnt_boost(1.0, 10.0)
+    assert op.name == "sh-learnt-1-10" and op.name in {o.name for o in opt_in()}
+    E, v = torch.randn(2, 16, 3, dtype=torch.float64), torch.randn(2, 16, dtype=torch.float64)
+    (pool_a, (theta_a,)), (pool_b, (theta_b,)) = op.fresh(), op.fresh()
+    assert theta_a is not theta_b and float(theta_a.detach()) == 0.0
+    torch.testing.assert_close(pool_a(E, v, 4), successive_halving(1.0)(E, v, 4))  # starts at boost 1
+    with torch.no_grad():
+        theta_a.fill_(math.log(3.0) / 10.0)
+    torch.testing.assert_close(pool_a(E, v, 4), successive_halving(3.0)(E, v, 4))  # boost exp(10 theta)
+    torch.testing.assert_close(pool_b(E, v, 4), successive_halving(1.0)(E, v, 4))  # the other run's is its own
+    # the boost's gradient reaches theta, and the runner trains it with the models
+    pool_a(E, v.requires_grad_(), 4).square().sum().backward()
+    assert theta_a.grad is not None and float(theta_a.grad) != 0.0
+    trained = []
+    instance = type(op).instance
+
+    def spy(self):
+        out = instance(self)
+        trained.extend(out[1])
+        return out
+
+    monkeypatch.setattr(type(op), "instance", spy)
+    runner.train(Needles(16, 2), op, seed=0, steps=3)
+    assert len(trained) == 1 and float(trained[0].detach()) != 0.0  # a fresh parameter, moved by the optimizer
+    plain = operators()[1]
+    assert plain.instance() == (plain, [])  # operators without parameters are used as they are
+
+
 def test_phases_table_counts_settings_within_noise_per_phase():
     seeds = report.SELECTION_SEEDS + report.WIDE_CONFIRMATION_SEEDS
     rows = [

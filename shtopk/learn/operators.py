@@ -16,8 +16,8 @@ its gradient; see the docs page "Choosing boost").
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
