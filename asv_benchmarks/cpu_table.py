@@ -23,11 +23,18 @@ data loader or a second job would); torch is always imported in this
 process. ``--compile`` reports the first-call cost instead: a fresh process,
 first with an empty Numba cache (compilation), then with the cache filled.
 
+``--keep-freed-memory`` runs the table with glibc's malloc keeping freed memory
+for reuse (:data:`KEEP_FREED`, set in the environment before the process
+starts), so that a new E-sized ``dE`` or output reuses pages already faulted
+in instead of fresh ones from the kernel; the header line names the ``MALLOC_``
+settings in effect.
+
 Run from the repository root::
 
     python asv_benchmarks/cpu_table.py
     python asv_benchmarks/cpu_table.py --busy
     python asv_benchmarks/cpu_table.py --compile
+    python asv_benchmarks/cpu_table.py --keep-freed-memory
 """
 
 from __future__ import annotations
@@ -114,6 +121,11 @@ def first_call_table():
             print(f"{label:>12} {imp:>9.2f} {first:>12.2f} {cpu:>8.2f} {second:>13.4f}")
 
 
+#: glibc malloc settings under which freed memory stays in the process for reuse: allocations up to 4 GiB
+#: come from the heap rather than fresh ``mmap`` s, and up to 16 GiB freed at its top is not returned.
+KEEP_FREED = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(16 << 30)}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=16)
@@ -141,7 +153,16 @@ def main(argv=None):
     parser.add_argument("--busy", action="store_true", help="one competing CPU-bound process runs meanwhile")
     parser.add_argument("--no-torch", action="store_true", help="NumPy columns only")
     parser.add_argument("--compile", action="store_true", help="report the first-call (JIT) cost and exit")
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="rerun this script with glibc's malloc keeping freed memory for reuse (KEEP_FREED)",
+    )
     args = parser.parse_args(argv)
+    if args.keep_freed_memory and any(os.environ.get(k) != v for k, v in KEEP_FREED.items()):
+        # glibc reads these when the process starts: run the same command again with them set
+        script = [sys.executable, os.path.abspath(__file__)]
+        os.execve(sys.executable, [*script, *(sys.argv[1:] if argv is None else argv)], {**os.environ, **KEEP_FREED})
     if args.engine:
         os.environ["SHTOPK_KERNELS"] = args.engine
     if args.compile:
@@ -166,6 +187,7 @@ def main(argv=None):
             f"# NumPy {np.__version__}" + (f", torch {torch.__version__}" if torch else "") + f", engine {engine}, "
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, batch {args.batch}, {args.dtype}"
             + (", one competing CPU-bound process" if args.busy else "")
+            + "".join(f", {k}={os.environ[k]}" for k in sorted(os.environ) if k.startswith("MALLOC_"))
             + f"; {args.clock} time, ratios to the floor, {args.stat} of {args.repeat} interleaved rounds"
         )
         cols = ["n", "d", "k", "floor ms", "np fwd", "np f+b"]

@@ -29,6 +29,14 @@ def test_cpu_table_runs_beside_a_busy_process():
     assert "competing" in lines[0] and "topk" not in lines[1] and len(lines) == 3
 
 
+def test_cpu_table_reruns_itself_keeping_freed_memory():
+    args = ["--batch", "2", "--n", "32", "--d", "4", "--k", "2", "--repeat", "1", "--no-torch", "--keep-freed-memory"]
+    lines = run(str(SCRIPTS / "cpu_table.py"), *args).strip().splitlines()
+    assert "MALLOC_MMAP_THRESHOLD_=4294967296, MALLOC_TRIM_THRESHOLD_=17179869184" in lines[0] and len(lines) == 3
+    plain = run(str(SCRIPTS / "cpu_table.py"), *args[:-1]).strip().splitlines()
+    assert "MALLOC_" not in plain[0]
+
+
 def test_alloc_churn_runs_each_mode_in_a_process_of_its_own():
     pytest.importorskip("torch")
     lines = run(str(SCRIPTS / "alloc_churn.py"), "--batch", "2", "--n", "64", "--d", "8", "--k", "4", "--repeat", "2")
