@@ -21,6 +21,10 @@ LARGEST = {"float16": 65504.0, "bfloat16": 3.3895313892515355e38, "float32": 3.4
 COMPUTE_MAX = {"float16": 3.4028234663852886e38, "bfloat16": 3.4028234663852886e38, "float32": 3.4028234663852886e38}
 COMPUTE_MAX["float64"] = 1.7976931348623157e308
 
+# extreme but valid inputs: finite results as documented, and no floating-point warnings from the
+# saturating formulas on the NumPy-based backends
+pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
+
 FUNCTIONS = {
     "sh": vjp.successive_halving_topk,
     "iterative": vjp.iterative_softmax_topk,
@@ -233,3 +237,26 @@ def test_forward_values_and_gradients_are_finite_for_any_dtype_and_boost(backend
         )
         assert_finite(values, dE, dv)
         assert not np.isnan(scores).any()
+
+
+@pytest.mark.parametrize("engine", ["numba", "numpy", "neutral"])
+def test_extreme_scores_warn_on_no_engine(backend, engine, monkeypatch):
+    """Scores at the ends of the range and infinite ones pass every engine without a
+    floating-point warning (the formulas saturate on purpose; test module's filter)."""
+    if engine == "numba":
+        pytest.importorskip("numba")
+    monkeypatch.setenv("SHTOPK_KERNELS", engine)
+    big = LARGEST["float32"]
+    for v in (
+        np.array([big, -big, 0.9 * big, 1.0, 2.0, -0.9 * big, 3.0, 4.0]),
+        np.array([np.inf, 1, 2, -np.inf, 3, np.inf, 0, 5]),
+    ):
+        for fn, kw in (
+            ("sh", {"boost": 2.0}),
+            ("sh", {"boost": 2.0, "weighting": "power"}),
+            ("iterative", {}),
+            ("hard", {}),
+        ):
+            values, _, dE, dv = gradients(backend, v, 2, fn=fn, **kw)
+            assert_finite(values, dE, dv)
+        shtopk.plan(backend.asarray(v, "float32"), 2, boost=2.0)
