@@ -3,8 +3,9 @@
 Every operator maps items ``E`` (B, n, d) and their scores ``v`` (B, n) to
 pooled rows (B, k', d) that the downstream model sums; gradients must reach
 ``v`` for the scorer to learn. The comparators that are not part of shtopk's
-API (straight-through, perturbed top-k, softmax pooling, and the scale-free prototype)
-live here, in the benchmark, on purpose.
+API (straight-through, perturbed top-k, softmax pooling, the scale-free prototype and the
+opt-in prototypes: annealed, capped scale-free and learnt boosts) live here, in the benchmark,
+on purpose.
 
 The successive-halving settings that may become the default (the
 *candidates*, see :mod:`shtopk.learn.report`) are the softmax boosts and the
