@@ -23,7 +23,7 @@ from ._core.finite import cast_saturated, saturate
 from ._core.flat import Flat, nan_factor
 from ._core.plan import Selection, n_rounds
 from ._fast import take_along_last
-from ._kernels import rows_backward, score_cotangents, tournament_backward
+from ._kernels import replay_backward, rows_backward, score_cotangents, tournament_backward
 
 
 def _zeros_scores(xp: Any, flat: Flat, k: int) -> Any:
@@ -43,11 +43,27 @@ def selection_backward(
     """Backward of a plan-layout selection (successive halving or hard top-k).
 
     ``tournament`` holds ``boost`` and ``weighting`` for successive halving and
-    is None for hard top-k (whose weights do not depend on the scores).
+    is None for hard top-k (whose weights do not depend on the scores); a selection
+    that says ``replay`` (kept without a record) also ``order``.
     Returns ``(dE (B, n, d), dv (B, n))`` in the dtypes of E and v (or None).
     """
     xp = flat.xp
     k = flat.k
+    if sel.replay and tournament is not None:
+        dE, ds = replay_backward(
+            xp,
+            flat.s,
+            flat.valid,
+            flat.poison,
+            flat.E,
+            d_values,
+            d_scores,
+            k,
+            **tournament,
+            need_dE=need_dE,
+            need_dv=need_dv,
+        )
+        return dE, (cast_saturated(xp, ds, flat.v_dtype) if need_dv else None)
     d_scores = _zeros_scores(xp, flat, k) if d_scores is None else xp.astype(d_scores, flat.s.dtype)
     need_dw = need_dv and tournament is not None
     dE, dw = rows_backward(xp, d_values, sel.slot_of_row, sel.weight_of_row, flat.E, need_dE=need_dE, need_dw=need_dw)
@@ -63,10 +79,12 @@ def selection_backward(
 def _score_cotangents(flat: Flat, sel: Selection, dw: Any, d_scores: Any, tournament: dict[str, Any]) -> Any:
     """Successive halving's score cotangents (B, n), in the scores' compute dtype, from the
     rows' weight cotangents ``dw`` (B, n) and the slots' score cotangents (B, k): back
-    through the tournament, in one engine call where the engine fuses these steps."""
+    through the tournament, in one engine call where the engine fuses these steps.
+    ``tournament``: as for :func:`selection_backward`."""
     xp = flat.xp
     B, n, k = flat.B, flat.n, flat.k
-    fused = score_cotangents(xp, sel, dw, d_scores, flat.valid, flat.poison, **tournament)
+    weights = {"boost": tournament["boost"], "weighting": tournament["weighting"]}
+    fused = score_cotangents(xp, sel, dw, d_scores, flat.valid, flat.poison, **weights)
     if fused is not None:
         return fused
     m = k << n_rounds(n, k)
@@ -74,7 +92,7 @@ def _score_cotangents(flat: Flat, sel: Selection, dw: Any, d_scores: Any, tourna
     if m > n:
         dw = xp.concat([dw, xp.zeros((B, m - n), dtype=dw.dtype, device=flat.device)], axis=-1)
     d_scores_t = take_along_last(xp, d_scores, sel.inv_perm)
-    ds = tournament_backward(xp, sel, dw, d_scores_t, **tournament)[:, :n]
+    ds = tournament_backward(xp, sel, dw, d_scores_t, **weights)[:, :n]
     ds = xp.where(flat.valid, ds, 0.0)  # invalid items: constant -inf scores (matters when n == k)
     return ds * nan_factor(xp, flat.poison, ds.dtype)[:, None]  # poisoned rows: NaN, as their outputs
 

@@ -66,10 +66,12 @@ class SuccessiveHalving:
         )
 
     @_saturating
-    def forward(self, flat: Flat, *, record: bool = False) -> tuple[Any, Any, Any]:
+    def forward(self, flat: Flat, *, record: bool = False, replay: bool = False) -> tuple[Any, Any, Any]:
         """``(values, scores, selection)``; without ``record`` the selection is None, and with it
         it holds what the backward reads (an engine may apply it without ever writing its
-        plan layout, ``indices`` and ``weights``, to memory)."""
+        plan layout, ``indices`` and ``weights``, to memory). With ``replay`` too, an engine
+        may keep no record and replay the tournament in :meth:`backward` (which then reads
+        ``flat``'s scores again: a selection for a caller that keeps ``flat``)."""
         return selection_values(
             flat.xp,
             flat.s,
@@ -81,13 +83,14 @@ class SuccessiveHalving:
             weighting=self.weighting,
             order=self.order,
             record=record,
+            replay=replay,
         )
 
     @_saturating
     def backward(
         self, flat: Flat, saved: Any, d_values: Any, d_scores: Any, *, need_dE: bool = True, need_dv: bool = True
     ) -> tuple[Any, Any]:
-        tourney = {"boost": self.boost, "weighting": self.weighting}
+        tourney = {"boost": self.boost, "weighting": self.weighting, "order": self.order}
         return selection_backward(flat, saved, d_values, d_scores, tournament=tourney, need_dE=need_dE, need_dv=need_dv)
 
 
@@ -98,7 +101,8 @@ class HardTopK:
     order: str
 
     @_saturating
-    def forward(self, flat: Flat, *, record: bool = False) -> tuple[Any, Any, Any]:
+    def forward(self, flat: Flat, *, record: bool = False, replay: bool = False) -> tuple[Any, Any, Any]:
+        """As :meth:`SuccessiveHalving.forward`; there is no tournament to replay."""
         sel = hard_selection(flat.xp, flat.s, flat.valid, flat.poison, flat.k, order=self.order, record=record)
         return gather_sum(flat.xp, sel.indices, sel.weights, sel.scores, flat.E), sel.scores, sel
 
@@ -116,7 +120,8 @@ class IterativeSoftmax:
     alpha: float
 
     @_saturating
-    def forward(self, flat: Flat, *, record: bool = False) -> tuple[Any, Any, Any]:
+    def forward(self, flat: Flat, *, record: bool = False, replay: bool = False) -> tuple[Any, Any, Any]:
+        """As :meth:`SuccessiveHalving.forward` (its state is always kept; nothing to replay)."""
         return iterative_forward(flat.xp, flat.s, flat.valid, flat.poison, flat.E, flat.k, alpha=self.alpha)
 
     @_saturating

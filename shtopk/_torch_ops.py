@@ -120,13 +120,23 @@ def _topk(
 
 
 def _forward(
-    flat: Flat, method: str, boost: float, weighting: str, order: str, alpha: float, record: bool
+    flat: Flat,
+    method: str,
+    boost: float,
+    weighting: str,
+    order: str,
+    alpha: float,
+    record: bool,
+    *,
+    replay: bool = False,
 ) -> tuple[Tensor, Tensor, Selection | None]:
     """``(values, scores)`` of :func:`_topk` on flattened inputs, and the recorded selection
-    (None without a record) as the engine returned it (an eager backward reuses it)."""
+    (None without a record) as the engine returned it (an eager backward reuses it; with
+    ``replay``, one that keeps ``flat`` for the backward: the engine may replay the
+    tournament there instead of keeping a record, see ``SuccessiveHalving.forward``)."""
     op = _operator(method, boost, weighting, order, alpha)
     record = record and method == "successive_halving"
-    values, scores, sel = op.forward(flat, record=record)
+    values, scores, sel = op.forward(flat, record=record, replay=replay)
     values, scores = _to_torch(flat.unflatten_values(values)), _to_torch(flat.unflatten_scores(scores))
     return values, scores, sel if record else None
 
@@ -398,7 +408,7 @@ class TopKFunction(torch.autograd.Function):
         # eager: the flattened inputs and the record go to the backward as they are,
         # not as tensors (a backward without them recomputes the selection from the scores)
         flat, _ = _flat_of(inp)
-        values, scores, sel = _forward(flat, *op_settings[1:])
+        values, scores, sel = _forward(flat, *op_settings[1:], replay=True)
         return values, scores, _Carried(flat, sel)
 
     @staticmethod

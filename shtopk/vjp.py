@@ -47,7 +47,8 @@ def _with_pullback(op: Any, inp: Inputs) -> tuple[TopK[Any, Any], Pullback[Any, 
     check_operator_fits(op, inp)
     host = host_inputs(inp)  # torch CPU tensors the compiled CPU engine serves: NumPy views, as in shtopk::topk
     flat = flatten_inputs(host or inp)
-    values, scores, saved = op.forward(flat, record=True)
+    # replay: the pullback keeps ``flat``, so the backward may replay the tournament from its scores
+    values, scores, saved = op.forward(flat, record=True, replay=True)
     wrap = to_torch if host else (lambda x: x)
     out = TopK(wrap(flat.unflatten_values(values)), wrap(flat.unflatten_scores(scores)))
     xp, fxp, B, k, d = inp.xp, flat.xp, flat.B, inp.k, inp.d

@@ -241,6 +241,98 @@ def test_score_cotangents_are_the_steps_around_the_tournament_backward(
             assert np.isnan(fused).any() == bool(flat.poison.any())
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("order", ["score", "input"])
+@pytest.mark.parametrize("weighting", ["softmax", "power"])
+@pytest.mark.parametrize("mask", [False, True])
+@pytest.mark.parametrize("special", [False, True])
+@pytest.mark.parametrize("case", [*CASES, ((2,), 64, 2, 1024)])  # (last: a forward in two calls)
+def test_replayed_backward_is_the_recorded_one(monkeypatch, rng, case, special, mask, weighting, order, dtype):
+    """A forward that may keep no record (``replay=True``) keeps none, gives the values and
+    scores of a recorded one, and its backward, which replays the tournament from the
+    scores, gives exactly the recorded backward's dE and dv, with and without d_scores and
+    for either gradient alone (NaN of poisoned rows included). (One core, so that every
+    batch size replays.)"""
+    from shtopk._operators import SuccessiveHalving
+
+    monkeypatch.setattr(cpu, "_cores", lambda: 1)
+    batch, n, k, d = case
+    E, v, keep = inputs(rng, batch, n, d, mask=mask, special=special)
+    flat = flatten_inputs(check_inputs(E.astype(dtype), v.astype(dtype), k, keep))
+    op = SuccessiveHalving(3.0 if weighting == "softmax" else 20.0, weighting, order)
+    values_r, scores_r, recorded = op.forward(flat, record=True)
+    values, scores, sel = op.forward(flat, record=True, replay=True)
+    np.testing.assert_array_equal(values, values_r)
+    np.testing.assert_array_equal(scores, scores_r)
+    if flat.B * k == 0:
+        return
+    assert sel.replay and not recorded.replay
+    assert sel.rounds == [] and sel.slot_of_row is None and sel.columns is None
+    dV = rng.normal(size=(flat.B, k, d)).astype(dtype)
+    dS = rng.normal(size=(flat.B, k)).astype(dtype)
+    for d_scores in (dS, None):
+        for need_dE, need_dv in ((True, True), (True, False), (False, True)):
+            need = dict(need_dE=need_dE, need_dv=need_dv)
+            got = op.backward(flat, sel, dV, d_scores, **need)
+            want = op.backward(flat, recorded, dV, d_scores, **need)
+            for g, w in zip(got, want, strict=True):
+                assert (g is None) == (w is None)
+                if w is not None:
+                    assert g.dtype == w.dtype
+                    np.testing.assert_array_equal(g, w)
+
+
+def test_replay_only_with_batch_rows_for_every_thread(monkeypatch, rng):
+    """The replayed backward is parallel over batch rows: with fewer batch rows than cores, or
+    for E of another dtype than the scores, the forward keeps its record."""
+    from shtopk._operators import SuccessiveHalving
+
+    op = SuccessiveHalving(1.0, "softmax", "score")
+    E, v, _ = inputs(rng, (3,), 40, 4, mask=False, special=False)
+    flat = flatten_inputs(check_inputs(E, v, 3))
+    monkeypatch.setattr(cpu, "_cores", lambda: 3)
+    assert op.forward(flat, record=True, replay=True)[2].replay
+    monkeypatch.setattr(cpu, "_cores", lambda: 4)
+    assert op.forward(flat, record=True, replay=True)[2].rounds
+    monkeypatch.setattr(cpu, "_cores", lambda: 1)
+    flat = flatten_inputs(check_inputs(E.astype(np.float32), v, 3))
+    assert op.forward(flat, record=True, replay=True)[2].rounds
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+def test_forward_backward_keeps_no_record(monkeypatch, rng, library):
+    """A forward+backward (vjp; torch autograd) holds no record of the tournament (some 60
+    bytes per item, 0.5x the bytes of float32 E at d = 32): its peak extra memory
+    (tracemalloc: NumPy's allocations, which the torch CPU path makes too) is dE and a few
+    numbers per item."""
+    import tracemalloc
+
+    monkeypatch.setattr(cpu, "_cores", lambda: 1)
+    B, n, d, k = 4, 2048, 32, 4
+    E = rng.normal(size=(B, n, d)).astype(np.float32)
+    v = rng.normal(size=(B, n)).astype(np.float32)
+    dV = rng.normal(size=(B, k, d)).astype(np.float32)
+
+    def forward_backward():
+        if library == "numpy":
+            _, pullback = shtopk.vjp.successive_halving_topk(E, v, k)
+            return pullback(dV)
+        Et, vt = torch.from_numpy(E).requires_grad_(), torch.from_numpy(v).requires_grad_()
+        shtopk.successive_halving_topk(Et, vt, k).values.backward(torch.from_numpy(dV))
+        return Et.grad, vt.grad
+
+    forward_backward()  # the threads' scratch, kept for later calls
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        grads = forward_backward()
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert grads[0].shape == E.shape
+    assert peak < 1.2 * E.nbytes, peak / E.nbytes
+
+
 @pytest.mark.parametrize("mask", [False, True])
 def test_tournament_gather_with_inf_in_E(monkeypatch, rng, mask):
     """Slots with invalid members (padding, masked items) add their zero-weight members'

@@ -84,7 +84,10 @@ class Selection:
     final ordering of the slots. An engine that writes the rounds' fields side by
     side (one array per :class:`Round` field, round ``r`` at the columns
     :func:`shtopk._kernels.cpu.round_columns` gives) may also hand over those arrays
-    as ``columns``, of which the rounds are views; None otherwise.
+    as ``columns``, of which the rounds are views; None otherwise. An engine that replays
+    the tournament in its backward instead (``replay=True``, asked for by the caller) keeps
+    only ``scores``: the backward then reads the scores again
+    (:func:`shtopk._kernels.replay_backward`).
     """
 
     indices: Any
@@ -95,6 +98,7 @@ class Selection:
     rounds: list[Round] = field(default_factory=list)
     inv_perm: Any = None
     columns: tuple[Any, ...] | None = None
+    replay: bool = False
 
 
 def pair_gap(xp: Any, s_hi: Any, s_lo: Any, boost: float, weighting: str, *, all_finite: bool = False) -> Any:

@@ -210,6 +210,7 @@ def selection_values(
     weighting: str,
     order: str,
     record: bool = False,
+    replay: bool = False,
 ) -> tuple[Any, Any, Selection | None]:
     """``(values, scores, selection)``: the tournament's selection applied to E; the selection
     (with its record for the backward) only with ``record``, else None.
@@ -217,16 +218,58 @@ def selection_values(
     The compiled CPU engine runs both in one call, without writing the plan layout
     to memory (:func:`.cpu.tournament_gather`: a recorded selection then has None for
     ``indices`` and ``weights``, which the backward does not read); elsewhere, and where
-    that call does not apply, :func:`tournament` then :func:`gather_sum`.
+    that call does not apply, :func:`tournament` then :func:`gather_sum`. With ``replay``
+    (the caller's backward takes any selection to :func:`replay_backward` that says
+    ``replay``), that engine may keep no record at all.
     """
     if engine(s, valid, poison, E) == "numba":
         fused = cpu.tournament_gather(
-            xp, s, valid, poison, E, k, boost=boost, weighting=weighting, order=order, record=record
+            xp, s, valid, poison, E, k, boost=boost, weighting=weighting, order=order, record=record, replay=replay
         )
         if fused is not None:
             return fused
+        if record and replay and cpu.replays(E, s):  # the tournament, then the gather-sum: no record
+            sel = cpu.tournament(xp, s, valid, poison, k, boost=boost, weighting=weighting, order=order)
+            values = gather_sum(xp, sel.indices, sel.weights, sel.scores, E)
+            return values, sel.scores, Selection(None, None, sel.scores, replay=True)
     sel = tournament(xp, s, valid, poison, k, boost=boost, weighting=weighting, order=order, record=record)
     return gather_sum(xp, sel.indices, sel.weights, sel.scores, E), sel.scores, sel if record else None
+
+
+def replay_backward(
+    xp: Any,
+    s: Any,
+    valid: Any,
+    poison: Any,
+    E: Any,
+    d_values: Any,
+    d_scores: Any,
+    k: int,
+    *,
+    boost: float,
+    weighting: str,
+    order: str,
+    need_dE: bool,
+    need_dv: bool,
+) -> tuple[Any, Any]:
+    """``(dE, dv)`` (dv in the scores' dtype) of a successive-halving selection that says
+    ``replay``: only the engine that made it (the compiled CPU engine,
+    :func:`.cpu.replay_backward`) keeps no record, and replays the tournament."""
+    return cpu.replay_backward(
+        xp,
+        s,
+        valid,
+        poison,
+        E,
+        d_values,
+        d_scores,
+        k,
+        boost=boost,
+        weighting=weighting,
+        order=order,
+        need_dE=need_dE,
+        need_dv=need_dv,
+    )
 
 
 def score_cotangents(

@@ -1158,6 +1158,134 @@ def score_cotangents(
                     out[b, i] = sigma[i] if valid[b, i] else zero
 
 
+@njit(parallel=True, cache=True, error_model="numpy")
+def replay_backward(
+    s,
+    valid,
+    poison,
+    k,
+    consts,
+    power,
+    by_input,
+    masked,
+    bconsts,
+    dv,
+    d_scores,
+    E,
+    dE,
+    out,
+    need_dE,
+    need_dv,
+    fbufs,
+    ibufs,
+    kbufs,
+    ubufs,
+    hists,
+    orders,
+    sorted_w,
+    w_hi,
+    w_lo,
+    s_hi0,
+    s_lo0,
+    gap,
+    t,
+    lo_valid,
+    ind,
+    wts,
+    scores,
+    slot_of_row,
+    weight_of_row,
+    inv_perm,
+    bbufs,
+    chunks,
+):  # pragma: no cover -- compiled
+    """The whole backward of successive halving for every batch row, without a record: the
+    row's tournament replayed from its scores (:func:`_tournament_row`, recording into the
+    thread's scratch), then its rows backward (``dE`` and the rows' weight cotangents, one
+    pass over the row of E) and :func:`score_cotangents`' steps, in parallel over ``chunks``
+    blocks of batch rows.
+
+    The replay is the forward's own tournament on the same scores, so it makes the same
+    selection bit for bit; the backward then computes what :func:`rows_backward` and
+    :func:`score_cotangents` compute from a record, with the same arithmetic. Its O(n)
+    numbers per row live in the thread's scratch (in cache) instead of memory written
+    by the forward and read back here. ``s``/``valid`` (B, m) are padded as for
+    :func:`tournament`, with its ``consts``; ``bconsts`` are those of the backward
+    (:func:`tournament_backward`). ``dv`` (B, k, d) and ``E`` (B, n, d) are of the
+    scores' dtype; writes ``dE`` (B, n, d) with ``need_dE`` and ``out`` (B, n), the score
+    cotangents, with ``need_dv``. The rest is scratch, one per thread: the tournament's
+    (``fbufs`` ... ``hists``, as for :func:`tournament`), one batch row of each record
+    field and of the selection (``orders`` ... ``inv_perm``: (T, ...) arrays), and
+    ``bbufs`` (T, 7, m) for the tournament's backward.
+    """
+    B = s.shape[0]
+    n, d = E.shape[1], E.shape[2]
+    zero = consts[0]
+    step = (B + chunks - 1) // chunks
+    for c in prange(chunks):
+        tid = get_thread_id()
+        r = slice(tid, tid + 1)
+        slots, wrow, buf = slot_of_row[tid], weight_of_row[tid], bbufs[tid]
+        for b in range(c * step, min(B, (c + 1) * step)):
+            rb = slice(b, b + 1)
+            _tournament_row(
+                fbufs[tid],
+                ibufs[tid],
+                kbufs[tid],
+                ubufs[tid],
+                hists[tid],
+                0,
+                s[rb],
+                valid[rb],
+                poison[rb],
+                k,
+                consts,
+                power,
+                by_input,
+                masked,
+                True,
+                orders[tid],
+                sorted_w[tid],
+                w_hi[r],
+                w_lo[r],
+                s_hi0[r],
+                s_lo0[r],
+                gap[r],
+                t[r],
+                lo_valid[r],
+                ind[tid],
+                wts[tid],
+                scores[r],
+                slot_of_row[r],
+                weight_of_row[r],
+                inv_perm[r],
+            )
+            Q = buf[0]
+            vb = valid[b]
+            for i in range(n):
+                g = dv[b, slots[i]]
+                if need_dv:
+                    Q[i] = _dot(g, E[b, i], zero) if vb[i] else zero
+                if need_dE:
+                    wt = wrow[i]
+                    o = dE[b, i]
+                    for j in range(d):
+                        o[j] = wt * g[j]
+            if not need_dv:
+                continue
+            Q[n:] = zero
+            for j in range(k):
+                buf[3, j] = d_scores[b, inv_perm[tid, j]]
+            sigma = _tournament_backward_row(
+                buf, tid, k, orders, sorted_w, w_hi, w_lo, s_hi0, s_lo0, gap, t, lo_valid, bconsts, power
+            )
+            if poison[b]:
+                out[b] = np.nan
+            else:
+                for i in range(n):
+                    out[b, i] = sigma[i] if vb[i] else zero
+
+
 @njit(cache=True, error_model="numpy")
 def _tournament_backward_row(
     buf, b, k, orders, sorted_w, w_hi, w_lo, s_hi0, s_lo0, gap, t, lo_valid, consts, power
