@@ -42,16 +42,16 @@ def selection_backward(
 ) -> tuple[Any, Any]:
     """Backward of a plan-layout selection (successive halving or hard top-k).
 
-    ``tournament`` holds ``boost`` and ``weighting`` for successive halving and
-    is None for hard top-k (whose weights do not depend on the scores); a selection
-    that says ``replay`` (kept without a record) also ``order``.
+    ``tournament`` holds ``boost``, ``weighting`` and ``order`` for successive halving
+    and is None for hard top-k (whose weights do not depend on the scores).
     Returns ``(dE (B, n, d), dv (B, n))`` in the dtypes of E and v (or None).
     """
     xp = flat.xp
     k = flat.k
-    if sel.replay and tournament is not None:
+    if sel.replay is not None and tournament is not None:  # no record: the engine replays the tournament
         dE, ds = replay_backward(
             xp,
+            sel,
             flat.s,
             flat.valid,
             flat.poison,

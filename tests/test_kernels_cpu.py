@@ -21,6 +21,7 @@ import shtopk
 from shtopk import _kernels
 from shtopk._api import check_inputs, flatten_inputs
 from shtopk._core.apply import neutral_gather_sum, neutral_rows_backward
+from shtopk._core.plan import n_rounds
 from shtopk._core.plan import tournament as neutral_tournament
 from shtopk._core.plan_backward import neutral_tournament_backward
 from shtopk._kernels import cpu
@@ -248,9 +249,10 @@ def test_score_cotangents_are_the_steps_around_the_tournament_backward(
 @pytest.mark.parametrize("special", [False, True])
 @pytest.mark.parametrize("case", [*CASES, ((2,), 64, 2, 1024)])  # (last: a forward in two calls)
 def test_replayed_backward_is_the_recorded_one(monkeypatch, rng, case, special, mask, weighting, order, dtype):
-    """A forward that may keep no record (``replay=True``) keeps none, gives the values and
-    scores of a recorded one, and its backward, which replays the tournament from the
-    scores, gives exactly the recorded backward's dE and dv, with and without d_scores and
+    """A forward that may keep no record (``replay=True``) keeps none but the first round's
+    order, gives the values and scores of a recorded one, and its backward, which replays
+    the tournament from the scores (and that order), gives exactly the recorded backward's
+    dE and dv, with and without d_scores and
     for either gradient alone (NaN of poisoned rows included). (One core, so that every
     batch size replays.)"""
     from shtopk._operators import SuccessiveHalving
@@ -266,8 +268,13 @@ def test_replayed_backward_is_the_recorded_one(monkeypatch, rng, case, special, 
     np.testing.assert_array_equal(scores, scores_r)
     if flat.B * k == 0:
         return
-    assert sel.replay and not recorded.replay
+    assert recorded.replay is None
     assert sel.rounds == [] and sel.slot_of_row is None and sel.columns is None
+    # what it keeps for the replay: the first round's order of every row
+    m = k << n_rounds(n, k)
+    assert sel.replay.dtype == np.int32 and sel.replay.shape == (flat.B, m)
+    if recorded.rounds:  # (k = n: no rounds, nothing to replay)
+        np.testing.assert_array_equal(sel.replay, recorded.rounds[0].order)
     dV = rng.normal(size=(flat.B, k, d)).astype(dtype)
     dS = rng.normal(size=(flat.B, k)).astype(dtype)
     for d_scores in (dS, None):
@@ -291,7 +298,7 @@ def test_replay_only_with_batch_rows_for_every_thread(monkeypatch, rng):
     E, v, _ = inputs(rng, (3,), 40, 4, mask=False, special=False)
     flat = flatten_inputs(check_inputs(E, v, 3))
     monkeypatch.setattr(cpu, "_cores", lambda: 3)
-    assert op.forward(flat, record=True, replay=True)[2].replay
+    assert op.forward(flat, record=True, replay=True)[2].replay is not None
     monkeypatch.setattr(cpu, "_cores", lambda: 4)
     assert op.forward(flat, record=True, replay=True)[2].rounds
     monkeypatch.setattr(cpu, "_cores", lambda: 1)

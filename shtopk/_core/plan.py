@@ -85,9 +85,9 @@ class Selection:
     side (one array per :class:`Round` field, round ``r`` at the columns
     :func:`shtopk._kernels.cpu.round_columns` gives) may also hand over those arrays
     as ``columns``, of which the rounds are views; None otherwise. An engine that replays
-    the tournament in its backward instead (``replay=True``, asked for by the caller) keeps
-    only ``scores``: the backward then reads the scores again
-    (:func:`shtopk._kernels.replay_backward`).
+    the tournament in its backward instead (where the caller asks for it) keeps only
+    ``scores`` and, as ``replay``, what its replay needs besides the scores
+    (:func:`shtopk._kernels.replay_backward`); ``replay`` is None otherwise.
     """
 
     indices: Any
@@ -98,7 +98,7 @@ class Selection:
     rounds: list[Round] = field(default_factory=list)
     inv_perm: Any = None
     columns: tuple[Any, ...] | None = None
-    replay: bool = False
+    replay: Any = None
 
 
 def pair_gap(xp: Any, s_hi: Any, s_lo: Any, boost: float, weighting: str, *, all_finite: bool = False) -> Any:

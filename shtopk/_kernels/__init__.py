@@ -219,8 +219,8 @@ def selection_values(
     to memory (:func:`.cpu.tournament_gather`: a recorded selection then has None for
     ``indices`` and ``weights``, which the backward does not read); elsewhere, and where
     that call does not apply, :func:`tournament` then :func:`gather_sum`. With ``replay``
-    (the caller's backward takes any selection to :func:`replay_backward` that says
-    ``replay``), that engine may keep no record at all.
+    (the caller's backward takes any selection whose ``replay`` is not None to
+    :func:`replay_backward`), that engine may keep no record of the tournament.
     """
     if engine(s, valid, poison, E) == "numba":
         fused = cpu.tournament_gather(
@@ -229,15 +229,16 @@ def selection_values(
         if fused is not None:
             return fused
         if record and replay and cpu.replays(E, s):  # the tournament, then the gather-sum: no record
-            sel = cpu.tournament(xp, s, valid, poison, k, boost=boost, weighting=weighting, order=order)
+            sel = cpu.tournament(xp, s, valid, poison, k, boost=boost, weighting=weighting, order=order, replay=True)
             values = gather_sum(xp, sel.indices, sel.weights, sel.scores, E)
-            return values, sel.scores, Selection(None, None, sel.scores, replay=True)
+            return values, sel.scores, Selection(None, None, sel.scores, replay=sel.replay)
     sel = tournament(xp, s, valid, poison, k, boost=boost, weighting=weighting, order=order, record=record)
     return gather_sum(xp, sel.indices, sel.weights, sel.scores, E), sel.scores, sel if record else None
 
 
 def replay_backward(
     xp: Any,
+    sel: Selection,
     s: Any,
     valid: Any,
     poison: Any,
@@ -252,11 +253,12 @@ def replay_backward(
     need_dE: bool,
     need_dv: bool,
 ) -> tuple[Any, Any]:
-    """``(dE, dv)`` (dv in the scores' dtype) of a successive-halving selection that says
-    ``replay``: only the engine that made it (the compiled CPU engine,
-    :func:`.cpu.replay_backward`) keeps no record, and replays the tournament."""
+    """``(dE, dv)`` (dv in the scores' dtype) of a successive-halving selection made to be
+    replayed (its ``replay`` is not None): only the engine that made it (the compiled CPU
+    engine, :func:`.cpu.replay_backward`) keeps no record, and replays the tournament."""
     return cpu.replay_backward(
         xp,
+        sel,
         s,
         valid,
         poison,

@@ -447,10 +447,11 @@ def tournament_gather(
 
     With ``record``, the selection holds the rounds, the row layout and ``inv_perm``
     (what the backward reads) and None for ``indices`` and ``weights``; without, it is None.
-    With ``record`` and ``replay`` (the caller's backward takes a selection that says
-    ``replay``), where :func:`replays` says so the forward writes no record: the
-    selection holds the scores alone and says ``replay``, and :func:`replay_backward`
-    replays the tournament."""
+    With ``record`` and ``replay`` (the caller's backward takes any selection whose
+    ``replay`` is not None to :func:`replay_backward`), where :func:`replays` says so the forward writes no record: the
+    selection holds the scores and, as ``replay``, the first round's order of every row
+    (B, m) int32 (4 bytes per item), from which :func:`replay_backward` replays the
+    tournament."""
     _require()
     if _half_kind(E) or E.dtype != s.dtype:
         return None
@@ -458,14 +459,21 @@ def tournament_gather(
     (B, _, d), P = E_h.shape, 1 << n_rounds(s.shape[-1], k)
     if not (B * k and d and _by_row(B, P, d * E_h.itemsize)):
         return None
-    replay = record and replay and replays(E, s)
-    record = record and not replay
-    sel, fields, out = _run_tournament(s, valid, poison, k, boost, weighting, order, record=record, E_h=E_h)
+    first = _first_order(s, k) if record and replay and replays(E, s) else None
+    record = record and first is None
+    sel, fields, out = _run_tournament(
+        s, valid, poison, k, boost, weighting, order, record=record, E_h=E_h, first_order=first
+    )
     scores = _wrap(sel[2], s)
     recorded = _recorded(None, None, scores, sel[3:], fields, s, k * P, k) if record else None
-    if replay:
-        recorded = Selection(None, None, scores, replay=True)
+    if first is not None:
+        recorded = Selection(None, None, scores, replay=first)
     return _wrap(out, E), scores, recorded
+
+
+def _first_order(s: Any, k: int) -> np.ndarray:
+    """An array for the first round's order of every row (B, m) of a tournament over ``s``."""
+    return np.empty((s.shape[0], k << n_rounds(s.shape[-1], k)), np.int32)
 
 
 def replays(E: Any, s: Any) -> bool:
@@ -480,11 +488,18 @@ def replays(E: Any, s: Any) -> bool:
     bytes of E at n = 4096, d = 32, k = 2 (20.3 -> 3.4x at d = 1); time 0.91-1.00x the
     record's at d = 256, 0.84x at n = 16384, d = 32, 1.04-1.19x at n = 4096, d = 4-32.
     """
-    return not _half_kind(E) and E.dtype == s.dtype and s.dtype in (np.float32, np.float64) and E.shape[0] >= _cores()
+    return (
+        not _half_kind(E)
+        and E.dtype == s.dtype
+        and s.dtype in (np.float32, np.float64)
+        and E.shape[0] >= _cores()
+        and s.shape[-1] <= 1 << 30  # (the first round's order in int32)
+    )
 
 
 def replay_backward(
     xp: Any,
+    sel: Selection,
     s: Any,
     valid: Any,
     poison: Any,
@@ -499,10 +514,10 @@ def replay_backward(
     need_dE: bool,
     need_dv: bool,
 ) -> tuple[Any, Any]:
-    """``(dE, dv)`` of successive halving from a selection that says ``replay`` (see
-    :func:`tournament_gather`): one kernel call (:func:`.numba_kernels.replay_backward`),
-    in parallel over batch rows, that replays each row's tournament from its scores and
-    runs the rows backward and the tournament's backward on it. ``dv`` (B, n) is in the
+    """``(dE, dv)`` of successive halving from a selection made to be replayed (its ``replay``,
+    see :func:`tournament_gather`): one kernel call (:func:`.numba_kernels.replay_backward`),
+    in parallel over batch rows, that replays each row's tournament from its scores (and
+    the first round's order) and runs the rows backward and the tournament's backward on it. ``dv`` (B, n) is in the
     scores' dtype (None without ``need_dv``), ``dE`` like E (None without ``need_dE``)."""
     _require()
     s_h, valid_h, poison_h, masked = _padded(s, valid, poison, k)
@@ -519,6 +534,7 @@ def replay_backward(
             s_h,
             valid_h,
             poison_h,
+            sel.replay,
             k,
             _consts(dt, boost, weighting),
             weighting == "power",
@@ -571,19 +587,22 @@ def tournament(
     weighting: str,
     order: str,
     record: bool = False,
+    replay: bool = False,
 ) -> Selection:
     """:func:`shtopk._core.plan.tournament`: the first round's sort, every round, the expansion,
     the final order and the row layout in one kernel call, in parallel over batch rows.
 
     Without ``record`` the selection has no rounds (:class:`~shtopk._core.plan.Selection`
     promises them only with it): the kernel keeps them in per-thread scratch, and a
-    forward allocates only its selection."""
+    forward allocates only its selection; with ``replay`` instead, its ``replay`` holds
+    the first round's order of every row (B, m) int32, for :func:`replay_backward`."""
     _require()
+    first = _first_order(s, k) if replay and not record else None
     (indices, weights, scores, slot_of_row, weight_of_row, inv_perm), fields, _ = _run_tournament(
-        s, valid, poison, k, boost, weighting, order, record=record, E_h=None
+        s, valid, poison, k, boost, weighting, order, record=record, E_h=None, first_order=first
     )
     if not record:
-        return Selection(_wrap(indices, s), _wrap(weights, s), _wrap(scores, s))
+        return Selection(_wrap(indices, s), _wrap(weights, s), _wrap(scores, s), replay=first)
     m = indices.shape[1] * indices.shape[2]
     rows = (slot_of_row, weight_of_row, inv_perm)
     return _recorded(_wrap(indices, s), _wrap(weights, s), _wrap(scores, s), rows, fields, s, m, k)
@@ -622,13 +641,15 @@ def _run_tournament(
     *,
     record: bool,
     E_h: np.ndarray | None,
+    first_order: np.ndarray | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
     """One call of :func:`.numba_kernels.tournament`; with ``E_h`` (B, n, d) of the scores'
     dtype, fused with the gather-sum (then the selection is not written: ``indices`` and
     ``weights`` are empty). Returns ``([indices (B, k, P), weights, scores (B, k),
     slot_of_row, weight_of_row, inv_perm], the record's fields (one array per
     :class:`~shtopk._core.plan.Round` field, rounds side by side), out (B, k, d))``;
-    the row layout and the record are empty without ``record``."""
+    the row layout and the record are empty without ``record``. ``first_order`` (B, m)
+    int32 takes the first round's order of each row (for :func:`replay_backward`)."""
     s_h, valid_h, poison_h, masked = _padded(s, valid, poison, k)
     (B, m), n, dt = s_h.shape, s.shape[-1], s_h.dtype
     P = m // k
@@ -666,6 +687,7 @@ def _run_tournament(
             selection[0].reshape(-1, m),
             selection[1].reshape(-1, m),
             *selection[2:],
+            first_order if first_order is not None else np.empty((0, 0), np.int32),
             E_h if E_h is not None else np.empty((0, 0, 0), dt),
             out,
             *scratch(_row_scratch(m, n, k, dt, record=record, gather=gather)),

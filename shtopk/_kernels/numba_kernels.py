@@ -693,6 +693,7 @@ def tournament(
     slot_of_row,
     weight_of_row,
     inv_perm,
+    first_order,
     E,
     out,
     fbufs,
@@ -721,7 +722,9 @@ def tournament(
     rounds of its current row in scratch (the expansion needs them), so a forward
     writes no O(n) memory but the selection. The selection goes to ``indices``,
     ``weights`` (B, k * P), ``scores`` (B, k) and, with ``record``,
-    ``slot_of_row``/``weight_of_row`` (B, n) and ``inv_perm`` (B, k). The rest is
+    ``slot_of_row``/``weight_of_row`` (B, n) and ``inv_perm`` (B, k); a non-empty
+    ``first_order`` (B, m) int32 takes each row's first-round order, for
+    :func:`replay_backward` (a forward that keeps no record). The rest is
     scratch, one of each per thread (:func:`numba.get_thread_id`), allocated by
     the caller (NumPy maps large arrays on huge pages, which a virtual machine
     faults in several times faster than Numba's small ones): ``fbufs`` (T, 3, m) of
@@ -749,6 +752,7 @@ def tournament(
         tid = get_thread_id()
         fbuf, ibuf, kbuf, ubuf, hist = fbufs[tid], ibufs[tid], kbufs[tid], ubufs[tid], hists[tid]
         skip = np.empty(k if gather else 0, np.bool_)
+        no_order = np.empty(0, np.int32)
         for b in range(c * step, min(B, (c + 1) * step)):
             if record:
                 o_row, sw_row = orders[b], sorted_w[b]
@@ -758,6 +762,7 @@ def tournament(
                 ind, wts = sel_idx[tid], sel_w[tid]
             else:
                 ind, wts = indices[b], weights[b]
+            first_row = first_order[b] if first_order.shape[0] else no_order
             _tournament_row(
                 fbuf,
                 ibuf,
@@ -789,6 +794,8 @@ def tournament(
                 slot_of_row,
                 weight_of_row,
                 inv_perm,
+                first_row,
+                False,
             )
             if gather:
                 for j in range(k):
@@ -832,10 +839,14 @@ def _tournament_row(
     slot_of_row,
     weight_of_row,
     inv_perm,
+    first,
+    use_first,
 ):  # pragma: no cover -- compiled
     """Batch row ``b`` of :func:`tournament` (a function of its own: Numba compiles a parallel
     loop around a call much faster than around a large body). The first round's
-    order is sorted here too: by radix for long rows (:func:`_radix_order`).
+    order is sorted here too: by radix for long rows (:func:`_radix_order`); or, with
+    ``use_first``, taken from ``first`` (m,) int32, where a forward saved it (a ``first``
+    of m items without ``use_first``: the order is written there).
     ``orders``/``sorted_w`` are this row's (2m - 2k): of the record, or scratch; so
     are ``ind``/``wts`` (m), its selection (member rows and weights, slot after slot).
     ``fbuf``/``ibuf``/``kbuf``/``ubuf``/``hist`` are the calling thread's scratch."""
@@ -872,21 +883,29 @@ def _tournament_row(
         # long rows by radix: the scores as given, and merged scores far out of order; merged
         # scores mostly in order by insertion; short rows as given (or whose insertion gives up)
         # by a merge sort (all three stable: the same order)
-        radix = M >= _RADIX_MIN and (M == m or _ascents(cur[:M]) * _ASCENTS_FOR_RADIX > M)
-        if not radix:
+        if M == m and use_first:  # the first round's order as a forward saved it: no sort
             for i in range(M):
-                keys[i] = cur[i]
-                pos[i] = i
-            if M == m or not _insertion_sort_desc(keys[:M], pos[:M], _INSERTION_MOVES * M):
-                radix = M >= _RADIX_MIN
-                if not radix:
-                    _sort_desc(keys[:M], pos[:M], ktmp[:M], itmp[:M], runs)
-            if not radix:
-                o[:] = pos[:M]
-        if radix:
-            _radix_order(cur[:M], o, ukeys[:M], utmp[:M], itmp[:M], hist)
-            for i in range(M):
+                o[i] = first[i]
                 keys[i] = cur[o[i]]
+        else:
+            radix = M >= _RADIX_MIN and (M == m or _ascents(cur[:M]) * _ASCENTS_FOR_RADIX > M)
+            if not radix:
+                for i in range(M):
+                    keys[i] = cur[i]
+                    pos[i] = i
+                if M == m or not _insertion_sort_desc(keys[:M], pos[:M], _INSERTION_MOVES * M):
+                    radix = M >= _RADIX_MIN
+                    if not radix:
+                        _sort_desc(keys[:M], pos[:M], ktmp[:M], itmp[:M], runs)
+                if not radix:
+                    o[:] = pos[:M]
+            if radix:
+                _radix_order(cur[:M], o, ukeys[:M], utmp[:M], itmp[:M], hist)
+                for i in range(M):
+                    keys[i] = cur[o[i]]
+            if M == m and first.shape[0] == m:  # saved for a backward that replays the tournament
+                for i in range(M):
+                    first[i] = o[i]
         # pairs [0, lo) by the general formulas; [lo, h), whose members are both finite, without
         # their fix-ups (the same values), in loops that vectorize. Invalid items (-inf) sort
         # last, so in a row of finite and invalid items only the first pairs have an invalid member.
@@ -1163,6 +1182,7 @@ def replay_backward(
     s,
     valid,
     poison,
+    first_order,
     k,
     consts,
     power,
@@ -1209,7 +1229,10 @@ def replay_backward(
     selection bit for bit; the backward then computes what :func:`rows_backward` and
     :func:`score_cotangents` compute from a record, with the same arithmetic. Its O(n)
     numbers per row live in the thread's scratch (in cache) instead of memory written
-    by the forward and read back here. ``s``/``valid`` (B, m) are padded as for
+    by the forward and read back here; of the forward, it reads only ``first_order``
+    (B, m) int32, the first round's order (:func:`tournament` saves it), which spares
+    the replay its costliest step, the first round's sort of the whole row.
+    ``s``/``valid`` (B, m) are padded as for
     :func:`tournament`, with its ``consts``; ``bconsts`` are those of the backward
     (:func:`tournament_backward`). ``dv`` (B, k, d) and ``E`` (B, n, d) are of the
     scores' dtype; writes ``dE`` (B, n, d) with ``need_dE`` and ``out`` (B, n), the score
@@ -1259,6 +1282,8 @@ def replay_backward(
                 slot_of_row[r],
                 weight_of_row[r],
                 inv_perm[r],
+                first_order[b],
+                True,
             )
             Q = buf[0]
             vb = valid[b]
