@@ -636,7 +636,8 @@ def test_tournament_of_scores_near_the_largest_float(rng, scale):
 
 def test_scratch_is_carved_and_kept_when_small():
     """Kernel scratch: disjoint, aligned, C-contiguous arrays of the asked shapes and dtypes
-    out of one block; a small block serves the thread's next call, a large one does not."""
+    out of one block; a small block serves the thread's next calls (the same views for
+    each of a few layouts), a large one does not."""
     layout = [((2, 3, 5), np.float32), ((2, 0), np.int64), ((3, 7), np.uint64), ((4,), np.int32)]
     arrays = cpu.scratch(layout)
     for a, (shape, dtype) in zip(arrays, layout, strict=True):
@@ -651,9 +652,13 @@ def test_scratch_is_carved_and_kept_when_small():
     assert all(a is b for a, b in zip(again, arrays, strict=True))  # the same layout: the same views
     other = cpu.scratch(layout[:2])
     assert other[0].ctypes.data == arrays[0].ctypes.data and len(other) == 2
+    assert all(a is b for a, b in zip(cpu.scratch(layout), arrays, strict=True))  # alternating layouts
+    assert all(a is b for a, b in zip(cpu.scratch(layout[:2]), other, strict=True))
+    larger = cpu.scratch([((2, 3, 50), np.float32)])[0]  # a larger kept block: views of the old one dropped
+    assert cpu.scratch(layout)[0].ctypes.data == larger.ctypes.data
     huge = cpu.scratch([((cpu.SCRATCH_KEPT_BYTES + 8,), np.uint8)])[0]
-    assert cpu.scratch(layout)[0].ctypes.data == arrays[0].ctypes.data  # the large one was not kept
-    assert huge.base is not arrays[0].base
+    assert cpu.scratch(layout)[0].ctypes.data == larger.ctypes.data  # the large one was not kept
+    assert huge.base is not larger.base
 
 
 def test_gather_sum_on_a_hand_made_plan(rng):

@@ -716,27 +716,35 @@ def scratch(layout: list[tuple[tuple[int, ...], Any]]) -> list[np.ndarray]:
     pages, 5 ms in huge ones).
     """
     key = tuple(layout)
-    views = getattr(_kept, "views", None)
-    if views is not None and views[0] == key:
-        return views[1]  # the same layout as the thread's last call: the same views
+    block = getattr(_kept, "block", None)
+    kept = getattr(_kept, "views", {})  # views of the kept block, by layout
+    if key in kept:
+        return kept[key]  # a layout of one of the thread's last calls: the same views
     sizes = [math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in layout]
     starts = [0]
     for size in sizes:
         starts.append(starts[-1] + -(-size // 64) * 64)  # 64-byte aligned
     total = starts[-1]
-    block = getattr(_kept, "block", None)
     if block is None or block.size < total:
         raw = np.empty(total + 64, np.uint8)
         block = raw[-raw.ctypes.data % 64 :][:total]  # 64-byte aligned (a cache line)
         if total <= SCRATCH_KEPT_BYTES:
             _kept.block = block
+            kept = _kept.views = {}  # (the views of the smaller block go with it)
     out = [
         block[start : start + size].view(dtype).reshape(shape)
         for (shape, dtype), start, size in zip(layout, starts, sizes, strict=False)
     ]
     if block is getattr(_kept, "block", None):
-        _kept.views = (key, out)
+        if len(kept) >= _KEPT_LAYOUTS:
+            kept.clear()
+        _kept.views = kept
+        kept[key] = out
     return out
+
+
+#: Layouts whose views a thread keeps (a forward and a backward alternate theirs).
+_KEPT_LAYOUTS = 4
 
 
 def stacked(blocks: list[Any], dtype: Any = None) -> np.ndarray:
