@@ -737,7 +737,7 @@ def scratch(layout: list[tuple[tuple[int, ...], Any]]) -> list[np.ndarray]:
     ]
     if block is getattr(_kept, "block", None):
         if len(kept) >= _KEPT_LAYOUTS:
-            kept.clear()
+            del kept[next(iter(kept))]  # the oldest
         _kept.views = kept
         kept[key] = out
     return out
