@@ -537,10 +537,10 @@ def replay_backward(
             sel.replay,
             k,
             _consts(dt, boost, weighting),
+            _backward_consts(dt, boost, weighting),
             weighting == "power",
             order == "input",
             masked,
-            _backward_consts(dt, boost, weighting),
             _host(d_values, dt),
             ds,
             E_h,
@@ -555,24 +555,19 @@ def replay_backward(
 
 
 def _replay_scratch(m: int, n: int, k: int, dt: np.dtype) -> list[tuple[tuple[int, ...], Any]]:
-    """The layout of :func:`replay_backward`'s per-thread scratch: the tournament's, then one
-    batch row of each record field (:class:`~shtopk._core.plan.Round`, rounds side by side)
-    and of the selection, and the tournament backward's."""
+    """The layout of :func:`replay_backward`'s scratch: one row per thread of each dtype (the
+    scores', int64, uint64, int32, bool), as wide as :func:`.numba_kernels._replay_row`
+    carves them (the tournament's buffers, one batch row of the record and of the
+    selection, the tournament backward's)."""
     T = _numba.get_num_threads()
-    full, half = (T, 2 * m - 2 * k), (T, m - k)
+    P = m - k  # the record's pairs
+    passes = 3 if dt == np.float32 and m < 1 << 32 else 6  # radix passes, as in _row_scratch
     return [
-        *_row_scratch(m, n, k, dt, record=True, gather=False)[:5],
-        (full, np.int64),
-        (full, dt),
-        *[(half, dt)] * 6,
-        (half, np.bool_),
-        ((T, m), np.int64),
-        ((T, m), dt),
-        ((T, k), dt),
-        ((T, n), np.int64),
-        ((T, n), dt),
-        ((T, k), np.int64),
-        ((T, 7, m), dt),
+        ((T, 3 * m + 8 * P + m + k + n + 7 * m), dt),
+        ((T, 3 * (m + 1) + 3 * k + 2 * P + m + n + k), np.int64),
+        ((T, 2 * m), np.uint64),
+        ((T, passes << _kernels._DIGIT_BITS), np.int32),
+        ((T, P), np.bool_),
     ]
 
 

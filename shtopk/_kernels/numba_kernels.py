@@ -753,6 +753,7 @@ def tournament(
         fbuf, ibuf, kbuf, ubuf, hist = fbufs[tid], ibufs[tid], kbufs[tid], ubufs[tid], hists[tid]
         skip = np.empty(k if gather else 0, np.bool_)
         no_order = np.empty(0, np.int32)
+        replaying = B < 0  # False, as a value: a literal would make Numba compile _tournament_row again
         for b in range(c * step, min(B, (c + 1) * step)):
             if record:
                 o_row, sw_row = orders[b], sorted_w[b]
@@ -795,7 +796,7 @@ def tournament(
                 weight_of_row,
                 inv_perm,
                 first_row,
-                False,
+                replaying,
             )
             if gather:
                 for j in range(k):
@@ -1185,10 +1186,10 @@ def replay_backward(
     first_order,
     k,
     consts,
+    bconsts,
     power,
     by_input,
     masked,
-    bconsts,
     dv,
     d_scores,
     E,
@@ -1196,27 +1197,11 @@ def replay_backward(
     out,
     need_dE,
     need_dv,
-    fbufs,
-    ibufs,
-    kbufs,
-    ubufs,
-    hists,
-    orders,
-    sorted_w,
-    w_hi,
-    w_lo,
-    s_hi0,
-    s_lo0,
-    gap,
-    t,
-    lo_valid,
-    ind,
-    wts,
-    scores,
-    slot_of_row,
-    weight_of_row,
-    inv_perm,
-    bbufs,
+    fscratch,
+    iscratch,
+    uscratch,
+    hscratch,
+    bscratch,
     chunks,
 ):  # pragma: no cover -- compiled
     """The whole backward of successive halving for every batch row, without a record: the
@@ -1232,83 +1217,240 @@ def replay_backward(
     by the forward and read back here; of the forward, it reads only ``first_order``
     (B, m) int32, the first round's order (:func:`tournament` saves it), which spares
     the replay its costliest step, the first round's sort of the whole row.
-    ``s``/``valid`` (B, m) are padded as for
-    :func:`tournament`, with its ``consts``; ``bconsts`` are those of the backward
-    (:func:`tournament_backward`). ``dv`` (B, k, d) and ``E`` (B, n, d) are of the
-    scores' dtype; writes ``dE`` (B, n, d) with ``need_dE`` and ``out`` (B, n), the score
-    cotangents, with ``need_dv``. The rest is scratch, one per thread: the tournament's
-    (``fbufs`` ... ``hists``, as for :func:`tournament`), one batch row of each record
-    field and of the selection (``orders`` ... ``inv_perm``: (T, ...) arrays), and
-    ``bbufs`` (T, 7, m) for the tournament's backward.
+    ``s``/``valid`` (B, m) are padded as for :func:`tournament`, with its ``consts``;
+    ``bconsts`` are those of the backward (:func:`tournament_backward`). ``dv`` (B, k, d)
+    and ``E`` (B, n, d) are of the scores' dtype; writes ``dE`` (B, n, d) with ``need_dE``
+    and ``out`` (B, n), the score cotangents, with ``need_dv``.
+
+    The scratch comes as one row per thread of each dtype (the scores', int64, uint64,
+    int32, bool), which :func:`_replay_row` carves up (``_replay_scratch`` in :mod:`.cpu`
+    gives their widths): a parallel loop that takes fewer arrays compiles faster (measured:
+    about a quarter of a second per array).
     """
     B = s.shape[0]
-    n, d = E.shape[1], E.shape[2]
-    zero = consts[0]
     step = (B + chunks - 1) // chunks
     for c in prange(chunks):
         tid = get_thread_id()
-        r = slice(tid, tid + 1)
-        slots, wrow, buf = slot_of_row[tid], weight_of_row[tid], bbufs[tid]
         for b in range(c * step, min(B, (c + 1) * step)):
-            rb = slice(b, b + 1)
-            _tournament_row(
-                fbufs[tid],
-                ibufs[tid],
-                kbufs[tid],
-                ubufs[tid],
-                hists[tid],
-                0,
-                s[rb],
-                valid[rb],
-                poison[rb],
+            _replay_row(
+                b,
+                s,
+                valid,
+                poison,
+                first_order,
                 k,
                 consts,
+                bconsts,
                 power,
                 by_input,
                 masked,
-                True,
-                orders[tid],
-                sorted_w[tid],
-                w_hi[r],
-                w_lo[r],
-                s_hi0[r],
-                s_lo0[r],
-                gap[r],
-                t[r],
-                lo_valid[r],
-                ind[tid],
-                wts[tid],
-                scores[r],
-                slot_of_row[r],
-                weight_of_row[r],
-                inv_perm[r],
-                first_order[b],
-                True,
+                dv,
+                d_scores,
+                E,
+                dE,
+                out,
+                need_dE,
+                need_dv,
+                fscratch[tid],
+                iscratch[tid],
+                uscratch[tid],
+                hscratch[tid],
+                bscratch[tid],
             )
-            Q = buf[0]
-            vb = valid[b]
-            for i in range(n):
-                g = dv[b, slots[i]]
-                if need_dv:
-                    Q[i] = _dot(g, E[b, i], zero) if vb[i] else zero
-                if need_dE:
-                    wt = wrow[i]
-                    o = dE[b, i]
-                    for j in range(d):
-                        o[j] = wt * g[j]
-            if not need_dv:
-                continue
-            Q[n:] = zero
-            for j in range(k):
-                buf[3, j] = d_scores[b, inv_perm[tid, j]]
-            sigma = _tournament_backward_row(
-                buf, tid, k, orders, sorted_w, w_hi, w_lo, s_hi0, s_lo0, gap, t, lo_valid, bconsts, power
-            )
-            if poison[b]:
-                out[b] = np.nan
-            else:
-                for i in range(n):
-                    out[b, i] = sigma[i] if vb[i] else zero
+
+
+@njit(cache=True, error_model="numpy")
+def _replay_row(
+    b,
+    s,
+    valid,
+    poison,
+    first_order,
+    k,
+    consts,
+    bconsts,
+    power,
+    by_input,
+    masked,
+    dv,
+    d_scores,
+    E,
+    dE,
+    out,
+    need_dE,
+    need_dv,
+    fs,
+    ints,
+    us,
+    hs,
+    bs,
+):  # pragma: no cover -- compiled
+    """Batch row ``b`` of :func:`replay_backward` on one thread's scratch ``fs`` (scores'
+    dtype), ``ints`` (int64), ``us`` (uint64), ``hs`` (int32), ``bs`` (bool), carved here
+    into what :func:`tournament` gives :func:`_tournament_row` (one thread's buffers, one
+    batch row of the record and of the selection) and the tournament backward's ``buf``."""
+    m, n = s.shape[1], E.shape[1]
+    P = m - k  # the record's pairs, and twice that its items
+    # 0 and True as values, not literals, so that _tournament_row's compiled code for the
+    # forward serves here too (a literal argument makes Numba compile it again for it)
+    row0 = b - b
+    replaying = b >= 0
+    f = 0
+    fbuf = fs[f : f + 3 * m].reshape((3, m))
+    f += 3 * m
+    sorted_w = fs[f : f + 2 * P].reshape((1, 2 * P))
+    f += 2 * P
+    pairs = fs[f : f + 6 * P].reshape((6, P))
+    f += 6 * P
+    wts = fs[f : f + m]
+    f += m
+    scores = fs[f : f + k].reshape((1, k))
+    f += k
+    weight_of_row = fs[f : f + n].reshape((1, n))
+    f += n
+    buf = fs[f : f + 7 * m].reshape((7, m))
+    i = 0
+    ibuf = ints[i : i + 3 * (m + 1)].reshape((3, m + 1))
+    i += 3 * (m + 1)
+    kbuf = ints[i : i + 3 * k].reshape((3, k))
+    i += 3 * k
+    orders = ints[i : i + 2 * P].reshape((1, 2 * P))
+    i += 2 * P
+    ind = ints[i : i + m]
+    i += m
+    slot_of_row = ints[i : i + n].reshape((1, n))
+    i += n
+    inv_perm = ints[i : i + k].reshape((1, k))
+    ubuf = us.reshape((2, m))
+    hist = hs.reshape((hs.shape[0] // (1 << _DIGIT_BITS), 1 << _DIGIT_BITS))
+    lo_valid = bs.reshape((1, P))
+    w_hi, w_lo = pairs[0:1], pairs[1:2]
+    s_hi0, s_lo0, gap, t = pairs[2:3], pairs[3:4], pairs[4:5], pairs[5:6]
+    rb = slice(b, b + 1)
+    _tournament_row(
+        fbuf,
+        ibuf,
+        kbuf,
+        ubuf,
+        hist,
+        row0,
+        s[rb],
+        valid[rb],
+        poison[rb],
+        k,
+        consts,
+        power,
+        by_input,
+        masked,
+        replaying,
+        orders[0],
+        sorted_w[0],
+        w_hi,
+        w_lo,
+        s_hi0,
+        s_lo0,
+        gap,
+        t,
+        lo_valid,
+        ind,
+        wts,
+        scores,
+        slot_of_row,
+        weight_of_row,
+        inv_perm,
+        first_order[b],
+        replaying,
+    )
+    _replayed_row_backward(
+        b,
+        row0,
+        dv,
+        d_scores,
+        E,
+        dE,
+        out,
+        valid,
+        poison,
+        need_dE,
+        need_dv,
+        buf,
+        orders,
+        sorted_w,
+        w_hi,
+        w_lo,
+        s_hi0,
+        s_lo0,
+        gap,
+        t,
+        lo_valid,
+        slot_of_row[0],
+        weight_of_row[0],
+        inv_perm,
+        bconsts,
+        power,
+        consts[0],
+    )
+
+
+@njit(cache=True, error_model="numpy")
+def _replayed_row_backward(
+    b,
+    tid,
+    dv,
+    d_scores,
+    E,
+    dE,
+    out,
+    valid,
+    poison,
+    need_dE,
+    need_dv,
+    buf,
+    orders,
+    sorted_w,
+    w_hi,
+    w_lo,
+    s_hi0,
+    s_lo0,
+    gap,
+    t,
+    lo_valid,
+    slots,
+    wrow,
+    inv_perm,
+    bconsts,
+    power,
+    zero,
+):  # pragma: no cover -- compiled
+    """Batch row ``b`` of :func:`replay_backward` after its replay: the rows backward of the
+    row (:func:`rows_backward`'s ``dE``, the weight cotangents into ``buf[0]``), then
+    :func:`score_cotangents`' steps on the replayed record (row ``tid`` of its arrays)."""
+    n, d = E.shape[1], E.shape[2]
+    k = d_scores.shape[1]
+    Q = buf[0]
+    vb = valid[b]
+    for i in range(n):
+        g = dv[b, slots[i]]
+        if need_dv:
+            Q[i] = _dot(g, E[b, i], zero) if vb[i] else zero
+        if need_dE:
+            wt = wrow[i]
+            o = dE[b, i]
+            for j in range(d):
+                o[j] = wt * g[j]
+    if not need_dv:
+        return
+    Q[n:] = zero
+    for j in range(k):
+        buf[3, j] = d_scores[b, inv_perm[tid, j]]
+    sigma = _tournament_backward_row(
+        buf, tid, k, orders, sorted_w, w_hi, w_lo, s_hi0, s_lo0, gap, t, lo_valid, bconsts, power
+    )
+    if poison[b]:
+        out[b] = np.nan
+    else:
+        for i in range(n):
+            out[b, i] = sigma[i] if vb[i] else zero
 
 
 @njit(cache=True, error_model="numpy")
