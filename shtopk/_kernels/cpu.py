@@ -22,8 +22,10 @@ call that prepares the scores, a forward makes one parallel call over batch rows
 (each row's tournament, then the gather-sum of its selection, which is never
 written to memory; with a record for the backward, the record too) or, when
 batch rows are fewer than cores, two (the tournament; the gather-sum); a
-backward two more (the rows backward; the tournament's backward with the steps
-around it, :func:`score_cotangents`), never one per small step.
+backward one more (:func:`replay_backward`: each row's tournament replayed, its
+rows backward and the tournament's backward) or, from a record, two (the rows
+backward; the tournament's backward with the steps around it,
+:func:`score_cotangents`), never one per small step.
 
 Fresh memory is costly (each new 4 KiB page faults), so the kernels' scratch is
 carved out of one block, kept per thread when small (:func:`scratch`).
@@ -515,9 +517,10 @@ def replay_backward(
     need_dv: bool,
 ) -> tuple[Any, Any]:
     """``(dE, dv)`` of successive halving from a selection made to be replayed (its ``replay``,
-    see :func:`tournament_gather`): one kernel call (:func:`.numba_kernels.replay_backward`),
-    in parallel over batch rows, that replays each row's tournament from its scores (and
-    the first round's order) and runs the rows backward and the tournament's backward on it. ``dv`` (B, n) is in the
+    see :func:`tournament_gather`): one call of the tournament's kernel
+    (:func:`.numba_kernels.tournament` with ``replay``), in parallel over batch rows, that
+    replays each row's tournament from its scores (and the first round's order) and runs
+    the rows backward and the tournament's backward on it. ``dv`` (B, n) is in the
     scores' dtype (None without ``need_dv``), ``dE`` like E (None without ``need_dE``)."""
     _require()
     s_h, valid_h, poison_h, masked = _padded(s, valid, poison, k)
@@ -529,44 +532,53 @@ def replay_backward(
         ds = np.zeros((B, k), dt) if d_scores is None else _host(d_scores, dt)
         work = B * (m * TOURNAMENT_BYTES_PER_ITEM + n * d * E_h.itemsize * (1 + need_dE))
         blocks = _launch(work, B)
+        none = [np.empty((0, 0), t) for t in (np.int64, dt, dt, dt, dt, dt, dt, dt, np.bool_)]  # no record
+        buffers = scratch(_replay_scratch(m, n, k, dt))
         _run(
-            _kernels.replay_backward,
+            _kernels.tournament,
             s_h,
             valid_h,
             poison_h,
-            sel.replay,
             k,
             _consts(dt, boost, weighting),
-            _backward_consts(dt, boost, weighting),
             weighting == "power",
             order == "input",
             masked,
+            False,
+            *none,
+            np.empty((0, m), np.int64),  # no selection
+            np.empty((0, m), dt),
+            *(np.empty((0, 0), t) for t in (dt, np.int64, dt, np.int64)),
+            sel.replay,
+            E_h,
+            np.empty((0, 0, 0), dt),
+            *buffers[:-3],
+            True,
+            _backward_consts(dt, boost, weighting),
             _host(d_values, dt),
             ds,
-            E_h,
             dE,
             out,
             need_dE,
             need_dv,
-            *scratch(_replay_scratch(m, n, k, dt)),
+            *buffers[-3:],
             blocks,
         )
     return (_wrap(dE, E) if need_dE else None), (_wrap(out, s) if need_dv else None)
 
 
 def _replay_scratch(m: int, n: int, k: int, dt: np.dtype) -> list[tuple[tuple[int, ...], Any]]:
-    """The layout of :func:`replay_backward`'s scratch: one row per thread of each dtype (the
-    scores', int64, uint64, int32, bool), as wide as :func:`.numba_kernels._replay_row`
-    carves them (the tournament's buffers, one batch row of the record and of the
-    selection, the tournament backward's)."""
+    """The layout of :func:`replay_backward`'s scratch: the tournament's per-thread buffers
+    (:func:`_row_scratch`, without the rounds, which the replay records), then one row per
+    thread of the scores' dtype, int64 and bool, as wide as
+    :func:`.numba_kernels._replay_views` carves them (one batch row of the record and of
+    the selection, the tournament backward's buffer)."""
     T = _numba.get_num_threads()
     P = m - k  # the record's pairs
-    passes = 3 if dt == np.float32 and m < 1 << 32 else 6  # radix passes, as in _row_scratch
     return [
-        ((T, 3 * m + 8 * P + m + k + n + 7 * m), dt),
-        ((T, 3 * (m + 1) + 3 * k + 2 * P + m + n + k), np.int64),
-        ((T, 2 * m), np.uint64),
-        ((T, passes << _kernels._DIGIT_BITS), np.int32),
+        *_row_scratch(m, n, k, dt, record=True, gather=False),
+        ((T, 8 * P + m + k + n + 7 * m), dt),
+        ((T, 2 * P + m + n + k), np.int64),
         ((T, P), np.bool_),
     ]
 
@@ -686,6 +698,17 @@ def _run_tournament(
             E_h if E_h is not None else np.empty((0, 0, 0), dt),
             out,
             *scratch(_row_scratch(m, n, k, dt, record=record, gather=gather)),
+            False,  # no replay: its arrays empty
+            np.empty(0, dt),
+            np.empty((0, 0, 0), dt),
+            np.empty((0, 0), dt),
+            np.empty((0, 0, 0), dt),
+            np.empty((0, 0), dt),
+            False,
+            False,
+            np.empty((0, 0), dt),
+            np.empty((0, 0), np.int64),
+            np.empty((0, 0), np.bool_),
             blocks,
         )
     return selection, fields, out

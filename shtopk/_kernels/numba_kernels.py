@@ -708,6 +708,17 @@ def tournament(
     starts,
     pair_slots,
     pair_ws,
+    replay,
+    bconsts,
+    dv,
+    d_scores,
+    dE,
+    d_s,
+    need_dE,
+    need_dv,
+    rfs,
+    ris,
+    rbs,
     chunks,
 ):  # pragma: no cover -- compiled
     """:func:`shtopk._core.plan.tournament` for every batch row, in parallel over ``chunks``
@@ -740,11 +751,26 @@ def tournament(
     whose weights are all NaN, by :func:`_gather_row_by_row`): the same values as
     :func:`gather_sum_by_row` of the written selection, in one parallel call
     without writing it to memory.
+
+    With ``replay``, the backward of a forward that kept no record, in the same call (one
+    kernel holds the tournament's code, whose compilation is the costly part): each row's
+    tournament is replayed from its scores and its ``first_order`` (no sort of the whole
+    row) into one-row record and selection arrays carved out of the thread's ``rfs``
+    (scores' dtype), ``ris`` (int64) and ``rbs`` (bool) by :func:`_replay_views`; then
+    :func:`_replayed_row_backward` writes its ``dE`` (B, n, d), with ``need_dE``, from
+    ``dv`` (B, k, d) and ``E``, and its score cotangents ``d_s`` (B, n), with ``need_dv``,
+    from ``d_scores`` (B, k) and the backward's constants ``bconsts`` (as for
+    :func:`tournament_backward`). The replay is the forward's own tournament on the same
+    scores, so it makes the same selection bit for bit, and the backward computes what
+    :func:`rows_backward` and :func:`score_cotangents` compute from a record, with the
+    same arithmetic; its O(n) numbers per row stay in the thread's scratch (in cache).
+    The forward's arrays are then empty, but ``first_order``, and there is no gather-sum.
     """
     B, m = s.shape
     P = m // k
     k_P = (k, P)
-    gather = E.shape[0] > 0
+    gather = E.shape[0] > 0 and not replay
+    zero = consts[0]
     step = (B + chunks - 1) // chunks
     for c in prange(chunks):
         # scratch of one thread, reused row after row (rows of 16k scores or more would
@@ -753,51 +779,106 @@ def tournament(
         fbuf, ibuf, kbuf, ubuf, hist = fbufs[tid], ibufs[tid], kbufs[tid], ubufs[tid], hists[tid]
         skip = np.empty(k if gather else 0, np.bool_)
         no_order = np.empty(0, np.int32)
-        replaying = B < 0  # False, as a value: a literal would make Numba compile _tournament_row again
         for b in range(c * step, min(B, (c + 1) * step)):
-            if record:
-                o_row, sw_row = orders[b], sorted_w[b]
+            if replay:  # the row's record and selection in the thread's scratch (row 0 of each)
+                row, s_b, valid_b, poison_b = b - b, s[b : b + 1], valid[b : b + 1], poison[b : b + 1]
+                o_row, sw_row, pairs, lo_valid_b, ind, wts, scores_b, slots_b, wrow_b, inv_b, buf = _replay_views(
+                    m, k, E.shape[1], rfs[tid], ris[tid], rbs[tid]
+                )
+                w_hi_b, w_lo_b, s_hi_b, s_lo_b, gap_b, t_b = (
+                    pairs[0:1],
+                    pairs[1:2],
+                    pairs[2:3],
+                    pairs[3:4],
+                    pairs[4:5],
+                    pairs[5:6],
+                )
+                first_row, use_first, rec = first_order[b], replay, replay
             else:
-                o_row, sw_row = o_scratch[tid], sw_scratch[tid]
-            if gather:
-                ind, wts = sel_idx[tid], sel_w[tid]
-            else:
-                ind, wts = indices[b], weights[b]
-            first_row = first_order[b] if first_order.shape[0] else no_order
+                row, s_b, valid_b, poison_b = b, s, valid, poison
+                if record:
+                    o_row, sw_row = orders[b], sorted_w[b]
+                else:
+                    o_row, sw_row = o_scratch[tid], sw_scratch[tid]
+                if gather:
+                    ind, wts = sel_idx[tid], sel_w[tid]
+                else:
+                    ind, wts = indices[b], weights[b]
+                w_hi_b, w_lo_b, s_hi_b, s_lo_b, gap_b, t_b = w_hi, w_lo, s_hi0, s_lo0, gap, t_out
+                lo_valid_b, scores_b, slots_b, wrow_b, inv_b, buf = (
+                    lo_valid,
+                    scores,
+                    slot_of_row,
+                    weight_of_row,
+                    inv_perm,
+                    fbuf,
+                )
+                first_row = first_order[b] if first_order.shape[0] else no_order
+                use_first, rec = replay, record  # (values, not literals: see _replay_views)
             _tournament_row(
                 fbuf,
                 ibuf,
                 kbuf,
                 ubuf,
                 hist,
-                b,
-                s,
-                valid,
-                poison,
+                row,
+                s_b,
+                valid_b,
+                poison_b,
                 k,
                 consts,
                 power,
                 by_input,
                 masked,
-                record,
+                rec,
                 o_row,
                 sw_row,
-                w_hi,
-                w_lo,
-                s_hi0,
-                s_lo0,
-                gap,
-                t_out,
-                lo_valid,
+                w_hi_b,
+                w_lo_b,
+                s_hi_b,
+                s_lo_b,
+                gap_b,
+                t_b,
+                lo_valid_b,
                 ind,
                 wts,
-                scores,
-                slot_of_row,
-                weight_of_row,
-                inv_perm,
+                scores_b,
+                slots_b,
+                wrow_b,
+                inv_b,
                 first_row,
-                replaying,
+                use_first,
             )
+            if replay:
+                _replayed_row_backward(
+                    b,
+                    row,
+                    dv,
+                    d_scores,
+                    E,
+                    dE,
+                    d_s,
+                    valid,
+                    poison,
+                    need_dE,
+                    need_dv,
+                    buf,
+                    o_row.reshape((1, o_row.shape[0])),
+                    sw_row.reshape((1, sw_row.shape[0])),
+                    w_hi_b,
+                    w_lo_b,
+                    s_hi_b,
+                    s_lo_b,
+                    gap_b,
+                    t_b,
+                    lo_valid_b,
+                    slots_b[0],
+                    wrow_b[0],
+                    inv_b,
+                    bconsts,
+                    power,
+                    zero,
+                )
             if gather:
                 for j in range(k):
                     skip[j] = scores[b, j] == consts[2]  # -inf: a slot of invalid members only
@@ -1178,127 +1259,19 @@ def score_cotangents(
                     out[b, i] = sigma[i] if valid[b, i] else zero
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def replay_backward(
-    s,
-    valid,
-    poison,
-    first_order,
-    k,
-    consts,
-    bconsts,
-    power,
-    by_input,
-    masked,
-    dv,
-    d_scores,
-    E,
-    dE,
-    out,
-    need_dE,
-    need_dv,
-    fscratch,
-    iscratch,
-    uscratch,
-    hscratch,
-    bscratch,
-    chunks,
-):  # pragma: no cover -- compiled
-    """The whole backward of successive halving for every batch row, without a record: the
-    row's tournament replayed from its scores (:func:`_tournament_row`, recording into the
-    thread's scratch), then its rows backward (``dE`` and the rows' weight cotangents, one
-    pass over the row of E) and :func:`score_cotangents`' steps, in parallel over ``chunks``
-    blocks of batch rows.
-
-    The replay is the forward's own tournament on the same scores, so it makes the same
-    selection bit for bit; the backward then computes what :func:`rows_backward` and
-    :func:`score_cotangents` compute from a record, with the same arithmetic. Its O(n)
-    numbers per row live in the thread's scratch (in cache) instead of memory written
-    by the forward and read back here; of the forward, it reads only ``first_order``
-    (B, m) int32, the first round's order (:func:`tournament` saves it), which spares
-    the replay its costliest step, the first round's sort of the whole row.
-    ``s``/``valid`` (B, m) are padded as for :func:`tournament`, with its ``consts``;
-    ``bconsts`` are those of the backward (:func:`tournament_backward`). ``dv`` (B, k, d)
-    and ``E`` (B, n, d) are of the scores' dtype; writes ``dE`` (B, n, d) with ``need_dE``
-    and ``out`` (B, n), the score cotangents, with ``need_dv``.
-
-    The scratch comes as one row per thread of each dtype (the scores', int64, uint64,
-    int32, bool), which :func:`_replay_row` carves up (``_replay_scratch`` in :mod:`.cpu`
-    gives their widths): a parallel loop that takes fewer arrays compiles faster (measured:
-    about a quarter of a second per array).
-    """
-    B = s.shape[0]
-    step = (B + chunks - 1) // chunks
-    for c in prange(chunks):
-        tid = get_thread_id()
-        for b in range(c * step, min(B, (c + 1) * step)):
-            _replay_row(
-                b,
-                s,
-                valid,
-                poison,
-                first_order,
-                k,
-                consts,
-                bconsts,
-                power,
-                by_input,
-                masked,
-                dv,
-                d_scores,
-                E,
-                dE,
-                out,
-                need_dE,
-                need_dv,
-                fscratch[tid],
-                iscratch[tid],
-                uscratch[tid],
-                hscratch[tid],
-                bscratch[tid],
-            )
-
-
 @njit(cache=True, error_model="numpy")
-def _replay_row(
-    b,
-    s,
-    valid,
-    poison,
-    first_order,
-    k,
-    consts,
-    bconsts,
-    power,
-    by_input,
-    masked,
-    dv,
-    d_scores,
-    E,
-    dE,
-    out,
-    need_dE,
-    need_dv,
-    fs,
-    ints,
-    us,
-    hs,
-    bs,
-):  # pragma: no cover -- compiled
-    """Batch row ``b`` of :func:`replay_backward` on one thread's scratch ``fs`` (scores'
-    dtype), ``ints`` (int64), ``us`` (uint64), ``hs`` (int32), ``bs`` (bool), carved here
-    into what :func:`tournament` gives :func:`_tournament_row` (one thread's buffers, one
-    batch row of the record and of the selection) and the tournament backward's ``buf``."""
-    m, n = s.shape[1], E.shape[1]
-    P = m - k  # the record's pairs, and twice that its items
-    # 0 and True as values, not literals, so that _tournament_row's compiled code for the
-    # forward serves here too (a literal argument makes Numba compile it again for it)
-    row0 = b - b
-    replaying = b >= 0
+def _replay_views(m, k, n, fs, ints, bs):  # pragma: no cover -- compiled
+    """One batch row's record and selection for a replay (:func:`tournament` with ``replay``),
+    carved out of one thread's scratch ``fs`` (scores' dtype), ``ints`` (int64) and ``bs``
+    (bool; widths: ``_replay_scratch`` in :mod:`.cpu`), in the types :func:`tournament`
+    gives :func:`_tournament_row` otherwise (so that its compiled code serves both; for the
+    same reason the kernel passes values rather than literals, which Numba would compile
+    it again for): ``(orders, sorted_w`` (2P,), ``pairs`` (6, P) (``w_hi`` ... ``t``), ``lo_valid``
+    (1, P), ``ind``/``wts`` (m,), ``scores`` (1, k), ``slot_of_row``/``weight_of_row`` (1, n),
+    ``inv_perm`` (1, k), ``buf`` (7, m): the tournament backward's), P = m - k."""
+    P = m - k
     f = 0
-    fbuf = fs[f : f + 3 * m].reshape((3, m))
-    f += 3 * m
-    sorted_w = fs[f : f + 2 * P].reshape((1, 2 * P))
+    sorted_w = fs[f : f + 2 * P]
     f += 2 * P
     pairs = fs[f : f + 6 * P].reshape((6, P))
     f += 6 * P
@@ -1310,86 +1283,15 @@ def _replay_row(
     f += n
     buf = fs[f : f + 7 * m].reshape((7, m))
     i = 0
-    ibuf = ints[i : i + 3 * (m + 1)].reshape((3, m + 1))
-    i += 3 * (m + 1)
-    kbuf = ints[i : i + 3 * k].reshape((3, k))
-    i += 3 * k
-    orders = ints[i : i + 2 * P].reshape((1, 2 * P))
+    orders = ints[i : i + 2 * P]
     i += 2 * P
     ind = ints[i : i + m]
     i += m
     slot_of_row = ints[i : i + n].reshape((1, n))
     i += n
     inv_perm = ints[i : i + k].reshape((1, k))
-    ubuf = us.reshape((2, m))
-    hist = hs.reshape((hs.shape[0] // (1 << _DIGIT_BITS), 1 << _DIGIT_BITS))
-    lo_valid = bs.reshape((1, P))
-    w_hi, w_lo = pairs[0:1], pairs[1:2]
-    s_hi0, s_lo0, gap, t = pairs[2:3], pairs[3:4], pairs[4:5], pairs[5:6]
-    rb = slice(b, b + 1)
-    _tournament_row(
-        fbuf,
-        ibuf,
-        kbuf,
-        ubuf,
-        hist,
-        row0,
-        s[rb],
-        valid[rb],
-        poison[rb],
-        k,
-        consts,
-        power,
-        by_input,
-        masked,
-        replaying,
-        orders[0],
-        sorted_w[0],
-        w_hi,
-        w_lo,
-        s_hi0,
-        s_lo0,
-        gap,
-        t,
-        lo_valid,
-        ind,
-        wts,
-        scores,
-        slot_of_row,
-        weight_of_row,
-        inv_perm,
-        first_order[b],
-        replaying,
-    )
-    _replayed_row_backward(
-        b,
-        row0,
-        dv,
-        d_scores,
-        E,
-        dE,
-        out,
-        valid,
-        poison,
-        need_dE,
-        need_dv,
-        buf,
-        orders,
-        sorted_w,
-        w_hi,
-        w_lo,
-        s_hi0,
-        s_lo0,
-        gap,
-        t,
-        lo_valid,
-        slot_of_row[0],
-        weight_of_row[0],
-        inv_perm,
-        bconsts,
-        power,
-        consts[0],
-    )
+    lo_valid = bs[:P].reshape((1, P))
+    return orders, sorted_w, pairs, lo_valid, ind, wts, scores, slot_of_row, weight_of_row, inv_perm, buf
 
 
 @njit(cache=True, error_model="numpy")
