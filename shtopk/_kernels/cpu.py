@@ -450,10 +450,10 @@ def tournament_gather(
     With ``record``, the selection holds the rounds, the row layout and ``inv_perm``
     (what the backward reads) and None for ``indices`` and ``weights``; without, it is None.
     With ``record`` and ``replay`` (the caller's backward takes any selection whose
-    ``replay`` is not None to :func:`replay_backward`), where :func:`replays` says so the forward writes no record: the
-    selection holds the scores and, as ``replay``, the first round's order of every row
-    (B, m) int32 (4 bytes per item), from which :func:`replay_backward` replays the
-    tournament."""
+    ``replay`` is not None to :func:`replay_backward`), where :func:`replays` says so,
+    the forward writes no record: the selection holds the scores and, as ``replay``,
+    the first round's order of every row (B, m) int32 (4 bytes per item), from which
+    :func:`replay_backward` replays the tournament."""
     _require()
     if _half_kind(E) or E.dtype != s.dtype:
         return None
@@ -485,10 +485,11 @@ def replays(E: Any, s: Any) -> bool:
 
     The record (about 60 bytes per item: 0.5x the bytes of float32 E at d = 32, 15x at
     d = 1) is written by the forward and read back by the backward; the replay costs a
-    second tournament instead, in cache. Measured (2-core VM, batch 16, float32, NumPy
-    forward+backward, interleaved in one process): peak extra memory 1.61 -> 1.07x the
-    bytes of E at n = 4096, d = 32, k = 2 (20.3 -> 3.4x at d = 1); time 0.91-1.00x the
-    record's at d = 256, 0.84x at n = 16384, d = 32, 1.04-1.19x at n = 4096, d = 4-32.
+    second tournament instead, in cache, started from the first round's order (4 bytes
+    per item). Measured (2-core VM, n = 4096, k = 64, batch 16, float32, NumPy
+    forward+backward): peak extra memory 1.61 -> 1.12x the bytes of E at d = 32, 6.45 ->
+    1.85x at d = 4, 19.9 -> 4.4x at d = 1; time, interleaved in one process, 1.02-1.05x
+    the record's at d = 32, 0.90x at d = 256, 0.78-0.87x at n = 16384, d = 32.
     """
     return (
         not _half_kind(E)

@@ -734,8 +734,8 @@ def tournament(
     writes no O(n) memory but the selection. The selection goes to ``indices``,
     ``weights`` (B, k * P), ``scores`` (B, k) and, with ``record``,
     ``slot_of_row``/``weight_of_row`` (B, n) and ``inv_perm`` (B, k); a non-empty
-    ``first_order`` (B, m) int32 takes each row's first-round order, for
-    :func:`replay_backward` (a forward that keeps no record). The rest is
+    ``first_order`` (B, m) int32 takes each row's first-round order, for a backward
+    that replays the tournament (``replay``, below; a forward that keeps no record). The rest is
     scratch, one of each per thread (:func:`numba.get_thread_id`), allocated by
     the caller (NumPy maps large arrays on huge pages, which a virtual machine
     faults in several times faster than Numba's small ones): ``fbufs`` (T, 3, m) of
@@ -1297,7 +1297,7 @@ def _replay_views(m, k, n, fs, ints, bs):  # pragma: no cover -- compiled
 @njit(cache=True, error_model="numpy")
 def _replayed_row_backward(
     b,
-    tid,
+    r,
     dv,
     d_scores,
     E,
@@ -1324,9 +1324,10 @@ def _replayed_row_backward(
     power,
     zero,
 ):  # pragma: no cover -- compiled
-    """Batch row ``b`` of :func:`replay_backward` after its replay: the rows backward of the
-    row (:func:`rows_backward`'s ``dE``, the weight cotangents into ``buf[0]``), then
-    :func:`score_cotangents`' steps on the replayed record (row ``tid`` of its arrays)."""
+    """Batch row ``b`` of a replay (:func:`tournament` with ``replay``) after its tournament:
+    the rows backward of the row (:func:`rows_backward`'s ``dE``, the weight cotangents
+    into ``buf[0]``), then :func:`score_cotangents`' steps on the replayed record (row
+    ``r`` of its arrays)."""
     n, d = E.shape[1], E.shape[2]
     k = d_scores.shape[1]
     Q = buf[0]
@@ -1344,9 +1345,9 @@ def _replayed_row_backward(
         return
     Q[n:] = zero
     for j in range(k):
-        buf[3, j] = d_scores[b, inv_perm[tid, j]]
+        buf[3, j] = d_scores[b, inv_perm[r, j]]
     sigma = _tournament_backward_row(
-        buf, tid, k, orders, sorted_w, w_hi, w_lo, s_hi0, s_lo0, gap, t, lo_valid, bconsts, power
+        buf, r, k, orders, sorted_w, w_hi, w_lo, s_hi0, s_lo0, gap, t, lo_valid, bconsts, power
     )
     if poison[b]:
         out[b] = np.nan
