@@ -236,42 +236,10 @@ def selection_values(
     return gather_sum(xp, sel.indices, sel.weights, sel.scores, E), sel.scores, sel if record else None
 
 
-def replay_backward(
-    xp: Any,
-    sel: Selection,
-    s: Any,
-    valid: Any,
-    poison: Any,
-    E: Any,
-    d_values: Any,
-    d_scores: Any,
-    k: int,
-    *,
-    boost: float,
-    weighting: str,
-    order: str,
-    need_dE: bool,
-    need_dv: bool,
-) -> tuple[Any, Any]:
-    """``(dE, dv)`` (dv in the scores' dtype) of a successive-halving selection made to be
-    replayed (its ``replay`` is not None): only the engine that made it (the compiled CPU
-    engine, :func:`.cpu.replay_backward`) keeps no record, and replays the tournament."""
-    return cpu.replay_backward(
-        xp,
-        sel,
-        s,
-        valid,
-        poison,
-        E,
-        d_values,
-        d_scores,
-        k,
-        boost=boost,
-        weighting=weighting,
-        order=order,
-        need_dE=need_dE,
-        need_dv=need_dv,
-    )
+#: ``(dE, dv)`` (dv in the scores' dtype) of a successive-halving selection made to be replayed
+#: (its ``replay`` is not None): only the compiled CPU engine makes such selections (it keeps
+#: no record of the tournament), so only it replays them (:func:`.cpu.replay_backward`).
+replay_backward = cpu.replay_backward
 
 
 def score_cotangents(

@@ -1239,24 +1239,76 @@ def score_cotangents(
     k = d_scores.shape[1]
     m = orders.shape[1] // 2 + k
     step = (B + chunks - 1) // chunks
-    zero, nan = consts[0], np.nan
+    zero = consts[0]
     for c in prange(chunks):
         buf = np.empty((7, m), out.dtype)  # the thread's scratch, reused row after row
         for b in range(c * step, min(B, (c + 1) * step)):
             Q = buf[0]
             for i in range(n):
                 Q[i] = dw[b, i] if valid[b, i] else zero
-            Q[n:] = zero
-            for j in range(k):
-                buf[3, j] = d_scores[b, inv_perm[b, j]]
-            sigma = _tournament_backward_row(
-                buf, b, k, orders, sorted_w, w_hi, w_lo, s_hi0, s_lo0, gap, t, lo_valid, consts, power
+            _score_cotangents_row(
+                buf,
+                b,
+                b,
+                d_scores,
+                inv_perm,
+                orders,
+                sorted_w,
+                w_hi,
+                w_lo,
+                s_hi0,
+                s_lo0,
+                gap,
+                t,
+                lo_valid,
+                valid,
+                poison,
+                consts,
+                power,
+                out,
             )
-            if poison[b]:
-                out[b] = nan
-            else:
-                for i in range(n):
-                    out[b, i] = sigma[i] if valid[b, i] else zero
+
+
+@njit(cache=True, error_model="numpy")
+def _score_cotangents_row(
+    buf,
+    b,
+    r,
+    d_scores,
+    inv_perm,
+    orders,
+    sorted_w,
+    w_hi,
+    w_lo,
+    s_hi0,
+    s_lo0,
+    gap,
+    t,
+    lo_valid,
+    valid,
+    poison,
+    consts,
+    power,
+    out,
+):  # pragma: no cover -- compiled
+    """Batch row ``b`` of :func:`score_cotangents` from its rows' weight cotangents, already in
+    ``buf[0, :n]`` (0 where invalid), and row ``r`` of the record (``r = b``, or 0 for a
+    replay's one-row record): the padding, ``d_scores`` by ``inv_perm``, the tournament's
+    backward, then ``out[b]`` (``out`` (B, n); 0 where invalid, NaN on a poisoned row)."""
+    n = out.shape[1]  # (``valid`` may be padded to m items)
+    k = d_scores.shape[1]
+    zero = consts[0]
+    buf[0, n:] = zero
+    for j in range(k):
+        buf[3, j] = d_scores[b, inv_perm[r, j]]
+    sigma = _tournament_backward_row(
+        buf, r, k, orders, sorted_w, w_hi, w_lo, s_hi0, s_lo0, gap, t, lo_valid, consts, power
+    )
+    if poison[b]:
+        out[b] = np.nan
+    else:
+        for i in range(n):
+            out[b, i] = sigma[i] if valid[b, i] else zero
 
 
 @njit(cache=True, error_model="numpy")
@@ -1329,7 +1381,6 @@ def _replayed_row_backward(
     into ``buf[0]``), then :func:`score_cotangents`' steps on the replayed record (row
     ``r`` of its arrays)."""
     n, d = E.shape[1], E.shape[2]
-    k = d_scores.shape[1]
     Q = buf[0]
     vb = valid[b]
     for i in range(n):
@@ -1341,19 +1392,28 @@ def _replayed_row_backward(
             o = dE[b, i]
             for j in range(d):
                 o[j] = wt * g[j]
-    if not need_dv:
-        return
-    Q[n:] = zero
-    for j in range(k):
-        buf[3, j] = d_scores[b, inv_perm[r, j]]
-    sigma = _tournament_backward_row(
-        buf, r, k, orders, sorted_w, w_hi, w_lo, s_hi0, s_lo0, gap, t, lo_valid, bconsts, power
-    )
-    if poison[b]:
-        out[b] = np.nan
-    else:
-        for i in range(n):
-            out[b, i] = sigma[i] if vb[i] else zero
+    if need_dv:
+        _score_cotangents_row(
+            buf,
+            b,
+            r,
+            d_scores,
+            inv_perm,
+            orders,
+            sorted_w,
+            w_hi,
+            w_lo,
+            s_hi0,
+            s_lo0,
+            gap,
+            t,
+            lo_valid,
+            valid,
+            poison,
+            bconsts,
+            power,
+            out,
+        )
 
 
 @njit(cache=True, error_model="numpy")
