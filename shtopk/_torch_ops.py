@@ -20,9 +20,11 @@ In plain eager mode the autograd function calls the ops' bodies directly
 call, and the backward reuses the forward's flattened inputs and record; a call
 that nothing can differentiate skips the autograd function as well (:func:`run`).
 
-The backward keeps E, v, the mask and, for successive halving, the forward's
-record of the scores-only tournament (O(n) numbers per row, returned by the
-forward op as extra, non-differentiable outputs); no copy of E is ever made.
+The backward keeps E, v, the mask and, for successive halving, what the forward
+op returns for it as extra, non-differentiable outputs: on the compiled CPU
+engine (:func:`replays`) the first round's order (4 bytes per item), from which
+the backward replays the tournament; elsewhere the record of the scores-only
+tournament (O(n) numbers per row); no copy of E is ever made.
 Without a record (the baseline, hard top-k, or a forward run without grad)
 the selection is recomputed from v inside the backward op. Higher-order
 gradients are not implemented: differentiating the backward raises a
@@ -45,8 +47,8 @@ from torch import Tensor
 from ._core.flat import Flat
 from ._core.hard import hard_selection
 from ._core.plan import Round, Selection, n_rounds
-from ._kernels import host_inputs
-from ._kernels.cpu import ROUND_FIELDS, numpy_view, round_columns, round_fields
+from ._kernels import compiled_cpu_allowed, host_inputs
+from ._kernels.cpu import ROUND_FIELDS, cores, numpy_view, replay_shape, round_columns, round_fields
 from ._operators import HardTopK, IterativeSoftmax, SuccessiveHalving
 from ._validation import Inputs, check_inputs
 
@@ -109,14 +111,61 @@ def _topk(
     order: str,
     alpha: float,
     record: bool,
+    replay: bool,
 ) -> tuple[Tensor, Tensor, list[Tensor]]:
     """``(values (..., k, d), scores (..., k), saved)`` of the operator ``method``.
 
-    With ``record`` (successive halving only), ``saved`` holds what the backward needs
-    (:func:`pack_selection`: O(n) numbers per batch row, never a copy of E); else it is empty.
+    With ``record`` (successive halving only), ``saved`` holds what the backward needs,
+    never a copy of E: with ``replay`` (the caller asks :func:`replays`), the first
+    round's order of every batch row (one int32 tensor, 4 bytes per item: the backward
+    replays the tournament); else the record (:func:`pack_selection`: about 60 bytes
+    per item). Without ``record`` it is empty.
     """
-    values, scores, sel = _forward(_flat(E, v, mask, k)[0], method, boost, weighting, order, alpha, record)
+    replay = replay and record and method == "successive_halving"
+    flat = _flat(E, v, mask, k)[0]
+    values, scores, sel = _forward(flat, method, boost, weighting, order, alpha, record, replay=replay)
+    if replay:
+        return values, scores, [_first_order(sel, flat.B, v.shape[-1], k)]
     return values, scores, pack_selection(sel) if sel is not None else []
+
+
+def replays(E: Tensor, v: Tensor, method: str, record: bool) -> bool:
+    """The op's ``replay`` argument for these inputs: whether its forward should save only the
+    first round's order for its backward, which then replays the tournament (as eager calls
+    do, :func:`shtopk._kernels.cpu.replays`): successive halving with a record, on the
+    compiled CPU engine, for E in the scores' dtype (float32 or float64) and batch rows at
+    least as many as cores.
+
+    Decided by the caller of the op from shapes, dtypes and the device (Dynamo traces
+    it: a symbolic batch size gets a guard, the cores are a constant of the trace), so
+    that the op's fake and real implementations, which both follow the argument,
+    promise and return the same outputs."""
+    return (
+        record
+        and method == "successive_halving"
+        and E.device.type == "cpu"
+        and E.dtype == v.dtype
+        and E.dtype in (torch.float32, torch.float64)
+        and _replay_cores() > 0
+        and replay_shape(math.prod(v.shape[:-1]), v.shape[-1], _replay_cores())
+    )
+
+
+@torch.compiler.assume_constant_result
+def _replay_cores() -> int:
+    """The cores the compiled CPU engine runs on (0 where it may not run): a constant for Dynamo,
+    which cannot trace the affinity query."""
+    return cores() if compiled_cpu_allowed() else 0
+
+
+def _first_order(sel: Selection | None, B: int, n: int, k: int) -> Tensor:
+    """The saved tensor of a forward with ``replay``: the first round's order (B, m) int32 the
+    engine kept (``sel.replay``), or -1 everywhere where it kept a record instead (another
+    engine than the one :func:`replays` expected, e.g. ``SHTOPK_KERNELS`` changed since a
+    graph was traced: then the backward plans again)."""
+    if sel is not None and sel.replay is not None:
+        return _to_torch(sel.replay)
+    return torch.full((B, k << n_rounds(n, k)), -1, dtype=torch.int32)
 
 
 def _forward(
@@ -145,12 +194,14 @@ topk = torch.library.custom_op("shtopk::topk", _topk, mutates_args=())
 
 
 @topk.register_fake
-def _topk_fake(E, v, mask, k, method, boost, weighting, order, alpha, record):
+def _topk_fake(E, v, mask, k, method, boost, weighting, order, alpha, record, replay):
     batch = v.shape[:-1]
     values, scores = E.new_empty((*batch, k, E.shape[-1])), v.new_empty((*batch, k))
     if not (record and method == "successive_halving"):
         return values, scores, []
     B, n = math.prod(batch), v.shape[-1]
+    if replay:
+        return values, scores, [v.new_empty((B, k << n_rounds(n, k)), dtype=torch.int32)]
     cdt = torch.float64 if v.dtype == torch.float64 else torch.float32
     saved = []
     for shape, dtype in selection_layout(B, n, k):
@@ -243,7 +294,8 @@ def _topk_backward(
 ) -> tuple[Tensor, Tensor]:
     """``(dE, dv)``; an input whose gradient is not needed gets an empty tensor.
 
-    ``saved`` is the forward's record (successive halving), or empty: then the
+    ``saved`` is what the forward saved (successive halving: the first round's order,
+    from which the tournament is replayed, or the record), or empty: then the
     selection is recomputed from the scores (E is not read for it).
     """
     settings = (method, boost, weighting, order, alpha, need_dE, need_dv)
@@ -289,7 +341,11 @@ def _topk_backward_flat(
         ds_in = None if d_scores is None else numpy_view(d_scores)
     op = _operator(method, boost, weighting, order, alpha)
     if method == "successive_halving":
-        if sel is None:
+        if sel is None and len(saved) == 1:  # the first round's order (see _topk): a replay
+            first = saved[0]
+            replayed = host and first.shape[0] and int(first[0, 0]) >= 0
+            sel = Selection(None, None, None, replay=first) if replayed else op.plan(flat, record=True)
+        elif sel is None:
             sel = unpack_selection(saved) if saved else op.plan(flat, record=True)
     elif method == "hard":
         sel = hard_selection(flat.xp, flat.s, flat.valid, flat.poison, k, order=order, record=True)
@@ -403,7 +459,8 @@ class TopKFunction(torch.autograd.Function):
         # (:func:`run` decides: inside the function, tracing and transforms are not visible)
         *op_settings, inp = settings
         if inp is None:
-            values, scores, saved = topk(E, v, mask, *op_settings)
+            method, record = op_settings[1], op_settings[-1]
+            values, scores, saved = topk(E, v, mask, *op_settings, replays(E, v, method, record))
             return (values, scores, *saved)
         # eager: the flattened inputs and the record go to the backward as they are,
         # not as tensors (a backward without them recomputes the selection from the scores)

@@ -306,12 +306,13 @@ def test_replay_only_with_batch_rows_for_every_thread(monkeypatch, rng):
     assert op.forward(flat, record=True, replay=True)[2].rounds
 
 
-@pytest.mark.parametrize("library", ["numpy", "torch"])
+@pytest.mark.parametrize("library", ["numpy", "torch", "torch.func", "torch.compile"])
 def test_forward_backward_keeps_no_record(monkeypatch, rng, library):
-    """A forward+backward (vjp; torch autograd) holds no record of the tournament (some 60
-    bytes per item, 0.5x the bytes of float32 E at d = 32): its peak extra memory
-    (tracemalloc: NumPy's allocations, which the torch CPU path makes too) is dE and a few
-    numbers per item."""
+    """A forward+backward (vjp; torch autograd, eager, through ``torch.func`` or compiled, the
+    last two through the custom op) holds no record of the tournament (some 60 bytes per
+    item, 0.5x the bytes of float32 E at d = 32): its peak extra memory (tracemalloc:
+    NumPy's allocations, which the torch CPU path makes too) is dE and a few numbers per
+    item."""
     import tracemalloc
 
     monkeypatch.setattr(cpu, "_cores", lambda: 1)
@@ -320,12 +321,24 @@ def test_forward_backward_keeps_no_record(monkeypatch, rng, library):
     v = rng.normal(size=(B, n)).astype(np.float32)
     dV = rng.normal(size=(B, k, d)).astype(np.float32)
 
+    def values(E_, v_):
+        return shtopk.successive_halving_topk(E_, v_, k).values
+
+    if library == "torch.compile":
+        torch._dynamo.reset()
+        compiled = torch.compile(lambda E_, v_, dV_: (values(E_, v_) * dV_).sum(), backend="aot_eager", fullgraph=True)
+
     def forward_backward():
         if library == "numpy":
             _, pullback = shtopk.vjp.successive_halving_topk(E, v, k)
             return pullback(dV)
+        if library == "torch.func":
+            return torch.func.vjp(values, torch.from_numpy(E), torch.from_numpy(v))[1](torch.from_numpy(dV))
         Et, vt = torch.from_numpy(E).requires_grad_(), torch.from_numpy(v).requires_grad_()
-        shtopk.successive_halving_topk(Et, vt, k).values.backward(torch.from_numpy(dV))
+        if library == "torch.compile":
+            compiled(Et, vt, torch.from_numpy(dV)).backward()
+        else:
+            values(Et, vt).backward(torch.from_numpy(dV))
         return Et.grad, vt.grad
 
     forward_backward()  # the threads' scratch, kept for later calls

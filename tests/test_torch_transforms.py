@@ -13,6 +13,8 @@ import pytest
 import shtopk
 
 torch = pytest.importorskip("torch")
+from shtopk import _torch_ops as torch_ops  # noqa: E402
+from shtopk._kernels import compiled_cpu_allowed, cpu  # noqa: E402
 from shtopk.torch import SuccessiveHalvingTopK  # noqa: E402
 
 OPERATORS = {
@@ -108,9 +110,12 @@ def test_higher_order_gradients_raise_every_time(rng, name):
     assert torch.isfinite(v.grad).all()
 
 
-def test_compiled_training_step_fullgraph_without_recompiling_per_batch_size():
+def test_compiled_training_step_fullgraph_without_recompiling_per_batch_size(monkeypatch):
     from torch._dynamo.testing import CompileCounterWithBackend
 
+    # the op saves the first round's order instead of a record from as many batch rows as
+    # cores on (a guard on the batch size): pinned, so every batch size below is on one side
+    monkeypatch.setattr(cpu, "_cores", lambda: 2)
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1).double()
@@ -140,7 +145,11 @@ def test_compiled_training_step_fullgraph_without_recompiling_per_batch_size():
     assert counter.frame_count == 2
 
 
-def test_the_custom_op_passes_torch_opcheck(rng):
+@pytest.mark.parametrize("cores", [1, 10**6], ids=["replay", "record"])
+def test_the_custom_op_passes_torch_opcheck(monkeypatch, rng, cores):
+    """Both layouts of successive halving's saved outputs: the first round's order (batch rows
+    at least as many as cores, on the compiled CPU engine), or the record."""
+    monkeypatch.setattr(cpu, "_cores", lambda: cores)
     E, v = data(rng, 2, 9)
     mask = torch.from_numpy(rng.random((2, 9)) < 0.8)
     cases = [
@@ -150,11 +159,75 @@ def test_the_custom_op_passes_torch_opcheck(rng):
         ((E.float(), v, None), "iterative"),
     ]
     for (args, method), record in itertools.product(cases, (False, True)):
+        replay = torch_ops.replays(args[0], args[1], method, record)
         torch.library.opcheck(
             torch.ops.shtopk.topk.default,
-            (*args, 3, method, 3.0, "softmax", "score", 1.0, record),
+            (*args, 3, method, 3.0, "softmax", "score", 1.0, record, replay),
             test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static", "test_aot_dispatch_dynamic"),
         )
+    replay = torch_ops.replays(E, v, "successive_halving", True)
+    assert replay == (cores == 1 and compiled_cpu_allowed())
+    op_args = (E, v, None, 3, "successive_halving", 3.0, "softmax", "score", 1.0, True, replay)
+    saved = torch.ops.shtopk.topk.default(*op_args)[2]
+    if replay:
+        assert [(x.shape, x.dtype) for x in saved] == [((2, 12), torch.int32)]  # m = 3 * 2**2
+    else:
+        assert len(saved) == len(torch_ops.selection_layout(2, 9, 3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", ["torch.func", "torch.compile"])
+def test_the_op_replays_the_tournament_as_eager_calls_do(monkeypatch, rng, dtype, kind):
+    """Through the custom op (``torch.func``, ``torch.compile``) successive halving's backward
+    replays the tournament from the first round's order, on the compiled CPU engine: the
+    gradients are bit-equal to an eager backward's, and to the record's (many cores);
+    with masks, both weightings and orders, k = n, and an order the engine did not keep
+    (-1: the backward plans again)."""
+    if not compiled_cpu_allowed():
+        pytest.skip("the compiled CPU engine (numba) is not installed or not allowed: no replay")
+    torch._dynamo.reset()
+    B, n, d = 4, 37, 3
+    E = torch.from_numpy(rng.normal(size=(B, n, d))).to(dtype)
+    v = torch.from_numpy(rng.normal(size=(B, n))).to(dtype)
+    mask = torch.from_numpy(rng.random((B, n)) < 0.8)
+    mask[0] = False
+    cases = [(5, {"boost": 1.5}), (4, {"boost": 2.0, "weighting": "power", "order": "input"}), (n, {})]
+    for k, kw in cases:
+        dV = torch.from_numpy(rng.normal(size=(B, k, d))).to(dtype)
+        dS = torch.from_numpy(rng.normal(size=(B, k))).to(dtype)
+
+        def loss(E_, v_, k=k, kw=kw, dV=dV, dS=dS):
+            out = shtopk.successive_halving_topk(E_, v_, k, mask=mask, **kw)
+            return (out.values * dV).sum() + (out.scores * dS).sum()
+
+        Ee, ve = E.clone().requires_grad_(), v.clone().requires_grad_()
+        loss(Ee, ve).backward()
+        want = (Ee.grad, ve.grad)
+        for cores in (1, 10**6):  # the replay, the record
+            monkeypatch.setattr(cpu, "_cores", lambda cores=cores: cores)
+            torch._dynamo.reset()  # (the cores are a constant of a trace)
+            fn = loss if kind == "torch.func" else torch.compile(loss, backend="aot_eager", fullgraph=True)
+            got = torch.func.grad(fn, argnums=(0, 1))(E, v) if kind == "torch.func" else None
+            if kind == "torch.compile":
+                Ec, vc = E.clone().requires_grad_(), v.clone().requires_grad_()
+                fn(Ec, vc).backward()
+                got = (Ec.grad, vc.grad)
+            for g, w in zip(got, want, strict=True):
+                torch.testing.assert_close(g, w, rtol=0, atol=0)
+    # a forward whose engine kept a record after all: the saved order is -1, the backward plans again
+    args = (E, v, mask, 5, "successive_halving", 1.5, "softmax", "score", 1.0)
+    d_values = torch.from_numpy(rng.normal(size=(B, 5, d))).to(dtype)
+    d_scores = torch.zeros(B, 5, dtype=dtype)
+    monkeypatch.setattr(cpu, "_cores", lambda: 1)
+    saved = torch_ops.topk(*args, True, True)[2]
+    assert len(saved) == 1 and saved[0].dtype == torch.int32 and bool((saved[0] >= 0).all())
+    want = torch_ops.topk_backward(*args[:3], d_values, d_scores, saved, *args[3:], True, True)
+    none = [torch.full_like(saved[0], -1)]
+    got = torch_ops.topk_backward(*args[:3], d_values, d_scores, none, *args[3:], True, True)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+    monkeypatch.setattr(cpu, "_cores", lambda: 10**6)  # the engine keeps a record: -1 is saved
+    assert bool((torch_ops.topk(*args, True, True)[2][0] == -1).all())
 
 
 def test_the_torch_page_examples_run(monkeypatch):

@@ -68,6 +68,12 @@ def engine(*arrays: Any) -> str:
     return "neutral"
 
 
+def compiled_cpu_allowed() -> bool:
+    """Whether the compiled CPU engine may serve CPU arrays: installed, and allowed by
+    ``SHTOPK_KERNELS``."""
+    return _allowed() in ("auto", "numba") and cpu.available()
+
+
 def host_inputs(inp: Any) -> Any | None:
     """Validated inputs of torch CPU tensors as NumPy views (no copy) when the compiled engine
     serves them, else None.

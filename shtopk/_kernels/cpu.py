@@ -495,9 +495,20 @@ def replays(E: Any, s: Any) -> bool:
         not _half_kind(E)
         and E.dtype == s.dtype
         and s.dtype in (np.float32, np.float64)
-        and E.shape[0] >= _cores()
-        and s.shape[-1] <= 1 << 30  # (the first round's order in int32)
+        and replay_shape(E.shape[0], s.shape[-1], _cores())
     )
+
+
+def replay_shape(B: Any, n: Any, cores: int) -> bool:
+    """The shape part of :func:`replays`: ``B`` batch rows of ``n`` items on ``cores`` cores
+    (plain or symbolic integers: the torch custom op's caller decides by it)."""
+    return bool(B >= cores and n <= 1 << 30)  # (the first round's order in int32)
+
+
+def cores() -> int:
+    """The cores the kernels run on (:func:`_cores`; Numba must be installed)."""
+    _require()
+    return _cores()
 
 
 def replay_backward(
