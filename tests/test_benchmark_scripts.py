@@ -47,6 +47,14 @@ def test_alloc_churn_runs_each_mode_in_a_process_of_its_own():
     assert "np bwd" in lines[3] and "torch bwd" in lines[3]
 
 
+def test_op_replay_ab_runs():
+    pytest.importorskip("torch")
+    args = ["--batch", "2", "--k", "4", "--repeat", "2", "--cells", "64x8"]
+    lines = run(str(SCRIPTS / "op_replay_ab.py"), *args).strip().splitlines()
+    assert "batch 2, k 4" in lines[0] and "mem rep/E" in lines[1] and len(lines) == 5
+    assert "torch.func" in lines[2] and "torch.compile" in lines[3]
+
+
 def test_gpu_table_runs_on_the_cpu(tmp_path):
     pytest.importorskip("torch")
     csv_path = tmp_path / "rows.csv"
