@@ -345,6 +345,24 @@ def _gather_each_row_once(ind, wts, P, skip, Eb, out, slot_of, w_of, repeated): 
                 o[c] += zero * e[c]
 
 
+@njit(cache=True, error_model="numpy")
+def _gather_by_slot(slot_of, w_of, skip, Eb, out):  # pragma: no cover -- compiled
+    """:func:`_gather_each_row_once` of a selection given as a row layout: row ``i`` of ``Eb``
+    (n, d) is added, weighted by ``w_of[i]``, into ``out[slot_of[i]]`` (unless that slot is
+    skipped), front to back: the same sums in the same order."""
+    n, d = Eb.shape
+    out[:] = 0
+    for i in range(n):
+        j = slot_of[i]
+        if skip[j]:
+            continue
+        o = out[j]
+        wt = w_of[i]
+        e = Eb[i]
+        for c in range(d):
+            o[c] += wt * e[c]
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
 def gather_sum_half(idx, w, skip, E, out, chunks, half):  # pragma: no cover -- compiled
     """:func:`gather_sum` for half precision E and ``out`` given as uint16 bits; float32 sums."""
@@ -750,7 +768,13 @@ def tournament(
     (T, n + 1) and ``pair_slots``/``pair_ws`` (T, m) as its scratch; poisoned rows,
     whose weights are all NaN, by :func:`_gather_row_by_row`): the same values as
     :func:`gather_sum_by_row` of the written selection, in one parallel call
-    without writing it to memory.
+    without writing it to memory. When every item is valid and the slots are in the
+    scores' order (``by_slot``), the selection is made as a row layout instead, each
+    item's slot and weight in ``starts``/``pair_ws`` (:func:`_row_layout`), and summed
+    from there (:func:`_gather_by_slot`): the same sums, without the top-down
+    expansion's random reads, the selection's writing and its scattering by row. A
+    replay's selection goes the same way into its record's ``slot_of_row`` and
+    ``weight_of_row``, the layout its backward reads.
 
     With ``replay``, the backward of a forward that kept no record, in the same call (one
     kernel holds the tournament's code, whose compilation is the costly part): each row's
@@ -770,6 +794,9 @@ def tournament(
     P = m // k
     k_P = (k, P)
     gather = E.shape[0] > 0 and not replay
+    # every item valid, slots in the scores' order, and the selection only read as a row
+    # layout (by the gather-sum, or the replay's backward): made as a row layout
+    by_slot = not masked and not by_input and (replay or (gather and not record))
     zero = consts[0]
     step = (B + chunks - 1) // chunks
     for c in prange(chunks):
@@ -779,6 +806,7 @@ def tournament(
         fbuf, ibuf, kbuf, ubuf, hist = fbufs[tid], ibufs[tid], kbufs[tid], ubufs[tid], hists[tid]
         skip = np.empty(k if gather else 0, np.bool_)
         no_order = np.empty(0, np.int32)
+        st, ps, pw = starts[tid], pair_slots[tid], pair_ws[tid]
         for b in range(c * step, min(B, (c + 1) * step)):
             if replay:  # the row's record and selection in the thread's scratch (row 0 of each)
                 row, s_b, valid_b, poison_b = b - b, s[b : b + 1], valid[b : b + 1], poison[b : b + 1]
@@ -794,6 +822,7 @@ def tournament(
                     pairs[5:6],
                 )
                 first_row, use_first, rec = first_order[b], replay, replay
+                row_slot, row_w = (slots_b[0], wrow_b[0]) if by_slot else (st[:0], pw[:0])
             else:
                 row, s_b, valid_b, poison_b = b, s, valid, poison
                 if record:
@@ -815,6 +844,7 @@ def tournament(
                 )
                 first_row = first_order[b] if first_order.shape[0] else no_order
                 use_first, rec = replay, record  # (values, not literals: see _replay_views)
+                row_slot, row_w = (st[:m], pw[:m]) if by_slot else (st[:0], pw[:0])
             _tournament_row(
                 fbuf,
                 ibuf,
@@ -848,6 +878,8 @@ def tournament(
                 inv_b,
                 first_row,
                 use_first,
+                row_slot,
+                row_w,
             )
             if replay:
                 _replayed_row_backward(
@@ -882,8 +914,9 @@ def tournament(
             if gather:
                 for j in range(k):
                     skip[j] = scores[b, j] == consts[2]  # -inf: a slot of invalid members only
-                st, ps, pw = starts[tid], pair_slots[tid], pair_ws[tid]
-                if not poison[b]:  # each row in one slot at most (but the invalid ones)
+                if by_slot:
+                    _gather_by_slot(row_slot, row_w, skip, E[b], out[b])
+                elif not poison[b]:  # each row in one slot at most (but the invalid ones)
                     _gather_each_row_once(ind, wts, P, skip, E[b], out[b], st, pw, ps)
                 else:
                     _gather_row_by_row(ind.reshape(k_P), wts.reshape(k_P), skip, E[b], out[b], st, ps, pw)
@@ -923,6 +956,8 @@ def _tournament_row(
     inv_perm,
     first,
     use_first,
+    row_slot,
+    row_w,
 ):  # pragma: no cover -- compiled
     """Batch row ``b`` of :func:`tournament` (a function of its own: Numba compiles a parallel
     loop around a call much faster than around a large body). The first round's
@@ -931,7 +966,13 @@ def _tournament_row(
     of m items without ``use_first``: the order is written there).
     ``orders``/``sorted_w`` are this row's (2m - 2k): of the record, or scratch; so
     are ``ind``/``wts`` (m), its selection (member rows and weights, slot after slot).
-    ``fbuf``/``ibuf``/``kbuf``/``ubuf``/``hist`` are the calling thread's scratch."""
+    ``fbuf``/``ibuf``/``kbuf``/``ubuf``/``hist`` are the calling thread's scratch.
+
+    With a non-empty ``row_slot`` (m,) int64 and ``row_w`` (m,), for a row without invalid
+    items in the scores' order whose selection is read only as a row layout (a forward's
+    gather-sum; a replay's backward, then ``slot_of_row``/``weight_of_row`` of its record),
+    the selection goes there, each item's slot and weight (:func:`_row_layout`), instead
+    of ``ind``/``wts``; with ``record`` also ``inv_perm``."""
     m = s.shape[1]
     n = slot_of_row.shape[1]
     P = m // k
@@ -1081,6 +1122,14 @@ def _tournament_row(
         _sort_desc(keys[:k], perm, ktmp[:k], itmp[:k], runs)
         for j in range(k):
             pos[j] = perm[j]
+    if row_slot.shape[0]:  # each item's slot and weight, bottom-up; then the slots' scores
+        _row_layout(orders, sorted_w, perm, k, m, row_slot, row_w, pos, itmp, keys, ktmp, one)
+        for j in range(k):
+            scores[b, j] = cur[perm[j]]
+        if record:
+            for j in range(k):
+                inv_perm[b, perm[j]] = j
+        return
     w = ktmp  # the member weights (B, k*P) in place of the sort scratch
     for j in range(k):
         w[j] = one
@@ -1148,6 +1197,49 @@ def _tournament_row(
 
 
 # ---------------------------------------------------------------- the tournament's backward
+
+
+@njit(cache=True, error_model="numpy")
+def _row_layout(orders, sorted_w, perm, k, m, row_slot, row_w, s_a, s_b, w_a, w_b, one):  # pragma: no cover
+    """The expansion of :func:`_tournament_row` as a row layout: ``row_slot[i]``/``row_w[i]``, the
+    slot and weight of item ``i`` (m items, all valid), from the rounds (``orders``/``sorted_w``,
+    rounds side by side) and the final order ``perm`` (k,).
+
+    Bottom-up, from the last round: the slot and weight of each round's item are those of
+    its pair in the next round, the weight times its side's ``sorted_w`` (the products
+    of the top-down expansion, in the same order: the same weights, bit for bit). Every
+    round reads its order and weights front to back and scatters into the next arrays
+    (``s_a``/``s_b`` int64, ``w_a``/``w_b`` m/2 at least, scratch), where the top-down
+    expansion reads them at random and then writes the selection slot by slot, which
+    the gather-sum scatters by row again."""
+    for j in range(k):
+        s_a[perm[j]] = j
+        w_a[perm[j]] = one
+    M = k
+    off = 2 * m - 2 * k
+    while M < m:
+        M2 = M * 2
+        off -= M2
+        o = orders[off : off + M2]
+        sw = sorted_w[off : off + M2]
+        top = M2 == m  # the first round: straight into the row layout
+        s_to = row_slot if top else s_b
+        w_to = row_w if top else w_b
+        for t in range(M):  # the pairs' high members, then their low members
+            x = o[t]
+            s_to[x] = s_a[t]
+            w_to[x] = sw[t] * w_a[t]
+        for t in range(M, M2):
+            x = o[t]
+            p = M2 - 1 - t
+            s_to[x] = s_a[p]
+            w_to[x] = sw[t] * w_a[p]
+        s_a, s_b, w_a, w_b = s_b, s_a, w_b, w_a
+        M = M2
+    if M == k:  # no rounds (k = m): the final order alone
+        for j in range(k):
+            row_slot[perm[j]] = j
+            row_w[perm[j]] = one
 
 
 @njit(inline="always")
