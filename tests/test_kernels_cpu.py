@@ -379,15 +379,18 @@ def test_tournament_gather_with_inf_in_E(monkeypatch, rng, mask):
 
 def test_tournament_gather_declines(monkeypatch, rng):
     """Half-precision E, E of another dtype than the scores, and batches too small for every core
-    to take a batch row: the two calls instead (None), and the public forward is the same."""
-    E, v = rng.normal(size=(3, 40, 4)), rng.normal(size=(3, 40))
+    to take a batch row, unless E's rows are short (at most ``FUSED_ROW_BYTES``) and no record
+    is kept: the two calls instead (None), and the public forward is the same."""
+    E, v = rng.normal(size=(3, 40, 32)), rng.normal(size=(3, 40))
+    kw = dict(boost=1.5, weighting="softmax", order="score")
     for E_, v_ in ((E.astype(np.float16), v.astype(np.float32)), (E.astype(np.float32), v)):
         flat = flatten_inputs(check_inputs(E_, v_, 4, None))
-        kw = dict(boost=1.5, weighting="softmax", order="score")
         assert cpu.tournament_gather(xp_np, flat.s, flat.valid, flat.poison, flat.E, 4, **kw) is None
     monkeypatch.setattr(cpu, "_cores", lambda: 8)
-    flat = flatten_inputs(check_inputs(E, v, 4, None))
-    assert cpu.tournament_gather(xp_np, flat.s, flat.valid, flat.poison, flat.E, 4, **kw) is None
+    for d, record, fused in ((32, False, False), (16, False, True), (16, True, False)):
+        flat = flatten_inputs(check_inputs(E[..., :d], v, 4, None))  # rows of 256 and 128 bytes
+        got = cpu.tournament_gather(xp_np, flat.s, flat.valid, flat.poison, flat.E, 4, record=record, **kw)
+        assert (got is not None) == fused, (d, record)
     two_calls = shtopk.successive_halving_topk(E, v, 4)
     monkeypatch.setattr(cpu, "_cores", lambda: 1)
     fused = shtopk.successive_halving_topk(E, v, 4)

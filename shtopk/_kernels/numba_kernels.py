@@ -346,13 +346,19 @@ def _gather_each_row_once(ind, wts, P, skip, Eb, out, slot_of, w_of, repeated): 
 
 
 @njit(cache=True, error_model="numpy")
-def _gather_by_slot(slot_of, w_of, skip, Eb, out):  # pragma: no cover -- compiled
+def _gather_by_slot(slot_of, w_of, skip, Eb, out, valid, repeated, masked):  # pragma: no cover -- compiled
     """:func:`_gather_each_row_once` of a selection given as a row layout: row ``i`` of ``Eb``
     (n, d) is added, weighted by ``w_of[i]``, into ``out[slot_of[i]]`` (unless that slot is
-    skipped), front to back: the same sums in the same order."""
+    skipped), front to back: the same sums in the same order. With ``masked``, rows that
+    are not ``valid`` are left out, and a row with ``repeated[i]`` (the first member of a
+    slot with invalid ones, which the selection repeats with weight 0) adds ``0 * Eb[i]``
+    once more."""
     n, d = Eb.shape
+    zero = w_of.dtype.type(0)
     out[:] = 0
     for i in range(n):
+        if masked and not valid[i]:
+            continue
         j = slot_of[i]
         if skip[j]:
             continue
@@ -361,6 +367,9 @@ def _gather_by_slot(slot_of, w_of, skip, Eb, out):  # pragma: no cover -- compil
         e = Eb[i]
         for c in range(d):
             o[c] += wt * e[c]
+        if masked and repeated[i]:
+            for c in range(d):
+                o[c] += zero * e[c]
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -768,13 +777,14 @@ def tournament(
     (T, n + 1) and ``pair_slots``/``pair_ws`` (T, m) as its scratch; poisoned rows,
     whose weights are all NaN, by :func:`_gather_row_by_row`): the same values as
     :func:`gather_sum_by_row` of the written selection, in one parallel call
-    without writing it to memory. When every item is valid and the slots are in the
-    scores' order (``by_slot``), the selection is made as a row layout instead, each
-    item's slot and weight in ``starts``/``pair_ws`` (:func:`_row_layout`), and summed
-    from there (:func:`_gather_by_slot`): the same sums, without the top-down
-    expansion's random reads, the selection's writing and its scattering by row. A
-    replay's selection goes the same way into its record's ``slot_of_row`` and
-    ``weight_of_row``, the layout its backward reads.
+    without writing it to memory. When the slots are in the scores' order
+    (``by_slot``; rows not poisoned), the selection is made as a row layout instead,
+    each item's slot and weight in ``pair_slots``/``pair_ws`` (:func:`_row_layout`), and
+    summed from there (:func:`_gather_by_slot`, ``starts`` flagging the first members
+    that stand for invalid ones): the same sums, without the top-down expansion's random
+    reads, the selection's writing and its scattering by row. A replay's selection goes
+    the same way into its record's ``slot_of_row`` and ``weight_of_row``, the layout its
+    backward reads.
 
     With ``replay``, the backward of a forward that kept no record, in the same call (one
     kernel holds the tournament's code, whose compilation is the costly part): each row's
@@ -794,9 +804,9 @@ def tournament(
     P = m // k
     k_P = (k, P)
     gather = E.shape[0] > 0 and not replay
-    # every item valid, slots in the scores' order, and the selection only read as a row
-    # layout (by the gather-sum, or the replay's backward): made as a row layout
-    by_slot = not masked and not by_input and (replay or (gather and not record))
+    # slots in the scores' order, and the selection only read as a row layout (by the
+    # gather-sum, or the replay's backward): made as a row layout (but in poisoned rows)
+    by_slot = not by_input and (replay or (gather and not record))
     zero = consts[0]
     step = (B + chunks - 1) // chunks
     for c in prange(chunks):
@@ -822,7 +832,7 @@ def tournament(
                     pairs[5:6],
                 )
                 first_row, use_first, rec = first_order[b], replay, replay
-                row_slot, row_w = (slots_b[0], wrow_b[0]) if by_slot else (st[:0], pw[:0])
+                row_slot, row_w = (slots_b[0], wrow_b[0]) if by_slot and not poison[b] else (st[:0], pw[:0])
             else:
                 row, s_b, valid_b, poison_b = b, s, valid, poison
                 if record:
@@ -844,7 +854,7 @@ def tournament(
                 )
                 first_row = first_order[b] if first_order.shape[0] else no_order
                 use_first, rec = replay, record  # (values, not literals: see _replay_views)
-                row_slot, row_w = (st[:m], pw[:m]) if by_slot else (st[:0], pw[:0])
+                row_slot, row_w = (ps[:m], pw[:m]) if by_slot and not poison[b] else (ps[:0], pw[:0])
             _tournament_row(
                 fbuf,
                 ibuf,
@@ -914,8 +924,14 @@ def tournament(
             if gather:
                 for j in range(k):
                     skip[j] = scores[b, j] == consts[2]  # -inf: a slot of invalid members only
-                if by_slot:
-                    _gather_by_slot(row_slot, row_w, skip, E[b], out[b])
+                if row_slot.shape[0]:
+                    repeated = st[: E.shape[1]]
+                    if masked:  # a slot's first member stands for its invalid ones (weight 0)
+                        repeated[:] = 0
+                        for j in range(k):
+                            if kbuf[1, j] and not skip[j]:
+                                repeated[_slot_first(o_row, kbuf[0], k, m, j)] = 1
+                    _gather_by_slot(row_slot, row_w, skip, E[b], out[b], valid[b], repeated, masked)
                 elif not poison[b]:  # each row in one slot at most (but the invalid ones)
                     _gather_each_row_once(ind, wts, P, skip, E[b], out[b], st, pw, ps)
                 else:
@@ -968,11 +984,12 @@ def _tournament_row(
     are ``ind``/``wts`` (m), its selection (member rows and weights, slot after slot).
     ``fbuf``/``ibuf``/``kbuf``/``ubuf``/``hist`` are the calling thread's scratch.
 
-    With a non-empty ``row_slot`` (m,) int64 and ``row_w`` (m,), for a row without invalid
-    items in the scores' order whose selection is read only as a row layout (a forward's
-    gather-sum; a replay's backward, then ``slot_of_row``/``weight_of_row`` of its record),
-    the selection goes there, each item's slot and weight (:func:`_row_layout`), instead
-    of ``ind``/``wts``; with ``record`` also ``inv_perm``."""
+    With a non-empty ``row_slot`` (int64) and ``row_w``, for a row in the scores' order, not
+    poisoned, whose selection is read only as a row layout (a forward's gather-sum: m
+    items; a replay's backward: ``slot_of_row``/``weight_of_row`` of its record, n items),
+    the selection goes there, each item's slot and weight (:func:`_row_layout`; ``key``
+    then holds each slot's count of invalid members), instead of ``ind``/``wts``; with
+    ``record`` also ``inv_perm``."""
     m = s.shape[1]
     n = slot_of_row.shape[1]
     P = m // k
@@ -1123,7 +1140,8 @@ def _tournament_row(
         for j in range(k):
             pos[j] = perm[j]
     if row_slot.shape[0]:  # each item's slot and weight, bottom-up; then the slots' scores
-        _row_layout(orders, sorted_w, perm, k, m, row_slot, row_w, pos, itmp, keys, ktmp, one)
+        vb = valid[b]
+        _row_layout(orders, sorted_w, perm, k, m, row_slot, row_w, pos, itmp, keys, ktmp, vb, masked, key, one, zero)
         for j in range(k):
             scores[b, j] = cur[perm[j]]
         if record:
@@ -1200,10 +1218,14 @@ def _tournament_row(
 
 
 @njit(cache=True, error_model="numpy")
-def _row_layout(orders, sorted_w, perm, k, m, row_slot, row_w, s_a, s_b, w_a, w_b, one):  # pragma: no cover
+def _row_layout(
+    orders, sorted_w, perm, k, m, row_slot, row_w, s_a, s_b, w_a, w_b, vb, masked, invalid, one, zero
+):  # pragma: no cover -- compiled
     """The expansion of :func:`_tournament_row` as a row layout: ``row_slot[i]``/``row_w[i]``, the
-    slot and weight of item ``i`` (m items, all valid), from the rounds (``orders``/``sorted_w``,
-    rounds side by side) and the final order ``perm`` (k,).
+    slot and weight of item ``i`` (the first ``row_slot.shape[0]`` items: padding beyond is
+    left out), from the rounds (``orders``/``sorted_w``, rounds side by side) and the final
+    order ``perm`` (k,). With ``masked``, an item that is not valid (``vb``, m) gets weight
+    0 (its weight times 0, as in the selection) and ``invalid[j]`` (k,) counts slot ``j``'s.
 
     Bottom-up, from the last round: the slot and weight of each round's item are those of
     its pair in the next round, the weight times its side's ``sorted_w`` (the products
@@ -1215,31 +1237,61 @@ def _row_layout(orders, sorted_w, perm, k, m, row_slot, row_w, s_a, s_b, w_a, w_
     for j in range(k):
         s_a[perm[j]] = j
         w_a[perm[j]] = one
+        invalid[j] = 0
+    M = k
+    off = 2 * m - 2 * k
+    while M * 2 < m:  # every round but the first
+        M2 = M * 2
+        off -= M2
+        o = orders[off : off + M2]
+        sw = sorted_w[off : off + M2]
+        for t in range(M):  # the pairs' high members, then their low members
+            x = o[t]
+            s_b[x] = s_a[t]
+            w_b[x] = sw[t] * w_a[t]
+        for t in range(M, M2):
+            x = o[t]
+            p = M2 - 1 - t
+            s_b[x] = s_a[p]
+            w_b[x] = sw[t] * w_a[p]
+        s_a, s_b, w_a, w_b = s_b, s_a, w_b, w_a
+        M = M2
+    n = row_slot.shape[0]
+    rounds = M < m
+    o = orders[0:m]
+    sw = sorted_w[0:m]
+    for t in range(m):  # the first round (without rounds, the final order): into the row layout
+        if rounds:
+            x = o[t]
+            p = t if t < M else m - 1 - t
+            w = sw[t] * w_a[p]
+        else:
+            x = p = t
+            w = w_a[t]
+        slot = s_a[p]
+        if masked and not vb[x]:
+            w = w * zero
+            invalid[slot] += 1
+        elif masked:
+            w = w * one
+        if x < n:
+            row_slot[x] = slot
+            row_w[x] = w
+
+
+@njit(inline="always")
+def _slot_first(orders, perm, k, m, j):  # pragma: no cover -- compiled
+    """The first member of slot ``j`` in the selection's order: the high member of every pair down
+    from the last round (valid when any member of the slot is)."""
+    x = perm[j]
     M = k
     off = 2 * m - 2 * k
     while M < m:
         M2 = M * 2
         off -= M2
-        o = orders[off : off + M2]
-        sw = sorted_w[off : off + M2]
-        top = M2 == m  # the first round: straight into the row layout
-        s_to = row_slot if top else s_b
-        w_to = row_w if top else w_b
-        for t in range(M):  # the pairs' high members, then their low members
-            x = o[t]
-            s_to[x] = s_a[t]
-            w_to[x] = sw[t] * w_a[t]
-        for t in range(M, M2):
-            x = o[t]
-            p = M2 - 1 - t
-            s_to[x] = s_a[p]
-            w_to[x] = sw[t] * w_a[p]
-        s_a, s_b, w_a, w_b = s_b, s_a, w_b, w_a
+        x = orders[off + x]
         M = M2
-    if M == k:  # no rounds (k = m): the final order alone
-        for j in range(k):
-            row_slot[perm[j]] = j
-            row_w[perm[j]] = one
+    return x
 
 
 @njit(inline="always")
