@@ -445,8 +445,9 @@ class TopKFunction(torch.autograd.Function):
     ``register_autograd``, whose generated wrapper torch 2.13's ``torch.func``
     rejects, pytorch/pytorch#168393) so that ``torch.func.grad``/``vjp``/``jacrev``
     work; ``generate_vmap_rule`` lets ``torch.vmap`` reach the ops' vmap rules.
-    It saves E, v, the mask and the forward's record of the tournament (O(n)
-    numbers per batch row, marked non-differentiable); in plain eager mode the
+    It saves E, v, the mask and what the op's forward saved of the tournament (the first
+    round's order where :func:`replays` says so, else the record: O(n) numbers per batch
+    row, marked non-differentiable); in plain eager mode the
     record and the flattened inputs stay on the context as the engine returned
     them (:class:`_Carried`), for the first backward only.
     """
