@@ -1214,9 +1214,6 @@ def _tournament_row(
             inv_perm[b, perm[j]] = j
 
 
-# ---------------------------------------------------------------- the tournament's backward
-
-
 @njit(cache=True, error_model="numpy")
 def _row_layout(
     orders, sorted_w, perm, k, m, row_slot, row_w, s_a, s_b, w_a, w_b, vb, masked, invalid, one, zero
@@ -1292,6 +1289,9 @@ def _slot_first(orders, perm, k, m, j):  # pragma: no cover -- compiled
         x = orders[off + x]
         M = M2
     return x
+
+
+# ---------------------------------------------------------------- the tournament's backward
 
 
 @njit(inline="always")
