@@ -140,15 +140,16 @@ def replays(E: Tensor, v: Tensor, method: str, record: bool) -> bool:
     it: a symbolic batch size gets a guard, the cores are a constant of the trace), so
     that the op's fake and real implementations, which both follow the argument,
     promise and return the same outputs."""
-    return (
+    if not (
         record
         and method == "successive_halving"
         and E.device.type == "cpu"
         and E.dtype == v.dtype
         and E.dtype in (torch.float32, torch.float64)
-        and _replay_cores() > 0
-        and replay_shape(math.prod(v.shape[:-1]), v.shape[-1], _replay_cores())
-    )
+    ):
+        return False
+    cores = _replay_cores()
+    return cores > 0 and replay_shape(math.prod(v.shape[:-1]), v.shape[-1], cores)
 
 
 @torch.compiler.assume_constant_result

@@ -476,10 +476,11 @@ def tournament_gather(
         return None
     E_h = _host(E)
     (B, _, d), P = E_h.shape, 1 << n_rounds(s.shape[-1], k)
-    first = _first_order(s, k) if record and replay and replays(E, s) else None
-    record = record and first is None
+    saves_first = record and replay and replays(E, s)
+    record = record and not saves_first
     if not (B * k and d and _fused(B, P, d * E_h.itemsize, record)):
         return None
+    first = _first_order(s, k) if saves_first else None
     sel, fields, out = _run_tournament(
         s, valid, poison, k, boost, weighting, order, record=record, E_h=E_h, first_order=first
     )
