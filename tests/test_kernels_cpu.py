@@ -398,17 +398,28 @@ def test_tournament_gather_declines(monkeypatch, rng):
     np.testing.assert_array_equal(fused.scores, two_calls.scores)
 
 
+@pytest.mark.parametrize("row", ["mixed", "constant", "two values", "normal"])
 @pytest.mark.parametrize(("dtype", "passes"), [("float32", 3), ("float32", 6), ("float64", 6)])
 @pytest.mark.parametrize("M", [256, 257, 1000, 4096])
-def test_radix_order_is_the_stable_descending_sort(rng, M, dtype, passes):
+def test_radix_order_is_the_stable_descending_sort(rng, M, dtype, passes, row):
     """The first round's radix sort == NumPy's stable argsort of -x: ties (signed zeros
     included) keep the lower position first; +-inf, subnormals and huge values in place.
-    float32 keys packed with their position (3 passes) or beside it (6, rows >= 2**32)."""
+    float32 keys packed with their position (3 passes) or beside it (6, rows >= 2**32).
+    A constant row moves in no pass; two values differ in one digit only (the passes
+    whose digit is the same for the whole row are skipped, the last moving one writes
+    the order)."""
     cpu.available()
     kernels = cpu._kernels
     fin = np.finfo(dtype)
     pool = np.array([0.0, -0.0, np.inf, -np.inf, fin.max, -fin.max, fin.smallest_subnormal, -fin.tiny, 1.0, -1.0])
-    x = np.where(rng.random(M) < 0.3, rng.choice(pool, M), rng.integers(-4, 4, M) * rng.choice([1.0, 0.5, 1e-3], M))
+    if row == "mixed":
+        x = np.where(rng.random(M) < 0.3, rng.choice(pool, M), rng.integers(-4, 4, M) * rng.choice([1.0, 0.5, 1e-3], M))
+    elif row == "constant":
+        x = np.full(M, rng.normal())
+    elif row == "two values":
+        x = rng.choice([1.0, 1.0 + 4 * np.finfo(dtype).eps], M)  # the lowest digit differs
+    else:
+        x = rng.normal(size=M)
     x = x.astype(dtype)
     order = np.empty(M, np.int64)
     scratch = np.empty(M, np.uint64), np.empty(M, np.uint64), np.empty(M, np.int64)

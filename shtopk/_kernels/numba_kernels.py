@@ -627,30 +627,88 @@ def _radix_order(x, order, keys, ktmp, itmp, hist):  # pragma: no cover -- compi
     the same for the whole row. Linear in the row, and stable, as the neutral
     core's sort. ``hist`` (passes, 2048) int32: 3 passes for float32, whose 32-bit
     key is packed with the position into one uint64 (half the bytes to move per
-    pass), 6 for float64 (the position moves beside the key, in ``itmp``).
-    ``keys``/``ktmp`` (uint64), ``itmp`` (int64) are scratch of the row's length
-    (rows under 2**32 items).
+    pass; :func:`_radix_order_packed`), 6 for float64 (the position moves beside
+    the key, in ``itmp``; :func:`_radix_order_wide`). ``keys``/``ktmp`` (uint64),
+    ``itmp`` (int64) are scratch of the row's length (rows under 2**32 items).
     """
+    if hist.shape[0] == 3:
+        _radix_order_packed(x, order, keys, ktmp, hist)
+    else:
+        _radix_order_wide(x, order, keys, ktmp, itmp, hist)
+
+
+@njit(cache=True, error_model="numpy")
+def _radix_order_packed(x, order, keys, ktmp, hist):  # pragma: no cover -- compiled
+    """:func:`_radix_order` of a float32 row: 3 passes of 11 bits over the high half of
+    keys packed with their position. The pass count is a constant here (the counting loop
+    unrolls), and the last pass that moves writes the positions into ``order`` itself
+    (25% less time than one routine for both layouts at 4096 items)."""
+    M = x.shape[0]
+    base = np.uint64(32)
+    mask = np.uint64((1 << _DIGIT_BITS) - 1)
+    low = np.uint64(0xFFFFFFFF)
+    hist[:] = 0
+    for i in range(M):
+        key = (_descending_key(x[i]) << base) | np.uint64(i)
+        keys[i] = key
+        for p in range(3):
+            hist[p, (key >> (base + np.uint64(p * _DIGIT_BITS))) & mask] += 1
+    first = keys[0]
+    last = -1  # the last pass with more than one digit value (the others move nothing)
+    for p in range(3):
+        if hist[p, (first >> (base + np.uint64(p * _DIGIT_BITS))) & mask] != M:
+            last = p
+    if last < 0:  # one key for the whole row: the order is the positions'
+        for i in range(M):
+            order[i] = i
+        return
+    src_k, dst_k = keys, ktmp
+    for p in range(last + 1):
+        h = hist[p]
+        shift = base + np.uint64(p * _DIGIT_BITS)
+        if h[(first >> shift) & mask] == M:
+            continue
+        total = 0
+        for j in range(h.shape[0]):
+            c = h[j]
+            h[j] = total
+            total += c
+        if p == last:
+            for i in range(M):
+                key = src_k[i]
+                digit = (key >> shift) & mask
+                at = h[digit]
+                h[digit] = at + 1
+                order[at] = np.int64(key & low)
+        else:
+            for i in range(M):
+                key = src_k[i]
+                digit = (key >> shift) & mask
+                at = h[digit]
+                h[digit] = at + 1
+                dst_k[at] = key
+            src_k, dst_k = dst_k, src_k
+
+
+@njit(cache=True, error_model="numpy")
+def _radix_order_wide(x, order, keys, ktmp, itmp, hist):  # pragma: no cover -- compiled
+    """:func:`_radix_order` with the position beside the key: float64 rows, or float32
+    rows of 2**32 items or more (``hist.shape[0]`` passes of 11 bits)."""
     M = x.shape[0]
     passes = hist.shape[0]
-    packed = passes == 3
-    base = np.uint64(32) if packed else np.uint64(0)
     mask = np.uint64((1 << _DIGIT_BITS) - 1)
     hist[:] = 0
     for i in range(M):
         key = _descending_key(x[i])
-        if packed:
-            key = (key << base) | np.uint64(i)
-        else:
-            order[i] = i
+        order[i] = i
         keys[i] = key
         for p in range(passes):
-            hist[p, (key >> (base + np.uint64(p * _DIGIT_BITS))) & mask] += 1
+            hist[p, (key >> np.uint64(p * _DIGIT_BITS)) & mask] += 1
     src_k, src_i, dst_k, dst_i = keys, order, ktmp, itmp
     swapped = False
     for p in range(passes):
         h = hist[p]
-        shift = base + np.uint64(p * _DIGIT_BITS)
+        shift = np.uint64(p * _DIGIT_BITS)
         if h[(src_k[0] >> shift) & mask] == M:
             continue  # one digit value for the whole row: nothing moves
         total = 0
@@ -664,15 +722,10 @@ def _radix_order(x, order, keys, ktmp, itmp, hist):  # pragma: no cover -- compi
             at = h[digit]
             h[digit] = at + 1
             dst_k[at] = key
-            if not packed:
-                dst_i[at] = src_i[i]
+            dst_i[at] = src_i[i]
         src_k, src_i, dst_k, dst_i = dst_k, dst_i, src_k, src_i
         swapped = not swapped
-    if packed:
-        low = np.uint64(0xFFFFFFFF)
-        for i in range(M):
-            order[i] = np.int64(src_k[i] & low)
-    elif swapped:
+    if swapped:
         order[:] = src_i
 
 
