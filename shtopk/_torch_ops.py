@@ -15,10 +15,11 @@ neutral core, Numba, Triton, ...). Registered with torch, they give:
 - ``torch.vmap`` through ``register_vmap`` rules that fold the vmapped
   dimension into the operator's own leading batch dimensions.
 
-In plain eager mode the autograd function calls the ops' bodies directly
-(:func:`_plain_eager`): the same computation without the dispatcher's cost per
-call, and the backward reuses the forward's flattened inputs and record; a call
-that nothing can differentiate skips the autograd function as well (:func:`run`).
+In plain eager mode an autograd function without ``setup_context``
+(:class:`EagerTopKFunction`) calls the ops' bodies directly (:func:`_plain_eager`):
+the same computation without the dispatcher's cost per call, and the backward
+reuses the forward's flattened inputs and record; a call that nothing can
+differentiate skips the autograd function as well (:func:`run`).
 
 The backward keeps E, v, the mask and, for successive halving, what the forward
 op returns for it as extra, non-differentiable outputs: on the compiled CPU
@@ -417,19 +418,20 @@ def run(inp: Inputs, settings: tuple[Any, ...]) -> tuple[Tensor, Tensor]:
     """``(values, scores)`` of the operator with ``settings`` (:func:`op_arguments`) on validated
     torch inputs, through :class:`TopKFunction`, recording the tournament when a backward may follow.
 
-    When no derivative of the call can be taken (grad not recorded for these inputs,
-    no forward-mode AD level open) and torch would see nothing of it (plain eager mode,
-    :func:`_plain_eager`), the operator runs directly: the same values without
-    ``Function.apply``'s cost (and the outputs require no grad, as the function's would not).
+    In plain eager mode (torch would see nothing of the call, :func:`_plain_eager`) and
+    without a forward-mode AD level open: through :class:`EagerTopKFunction` when grad is
+    recorded for these inputs; otherwise, since no derivative of the call can be taken, the
+    operator runs directly, the same values without ``Function.apply``'s cost (and the
+    outputs require no grad, as the function's would not).
     """
     E, v, mask = inp.E, inp.v, inp.mask
     record = torch.is_grad_enabled() and (E.requires_grad or v.requires_grad)
-    plain = _plain_eager(E, v, mask)
-    if plain and not record and not _forward_ad_active():
+    if _plain_eager(E, v, mask) and not _forward_ad_active():
+        if record:
+            return EagerTopKFunction.apply(E, v, mask, inp, (inp.k, *settings))  # type: ignore[no-any-return]
         method, boost, weighting, order, alpha = settings
         return _forward(_flat_of(inp)[0], method, boost, weighting, order, alpha, False)[:2]
-    # in plain eager mode the function's forward takes the validated inputs as they are
-    values, scores, *_ = TopKFunction.apply(E, v, mask, inp.k, *settings, record, inp if plain else None)
+    values, scores, *_ = TopKFunction.apply(E, v, mask, inp.k, *settings, record, None)
     return values, scores
 
 
@@ -448,61 +450,88 @@ class TopKFunction(torch.autograd.Function):
     work; ``generate_vmap_rule`` lets ``torch.vmap`` reach the ops' vmap rules.
     It saves E, v, the mask and what the op's forward saved of the tournament (the first
     round's order where :func:`replays` says so, else the record: O(n) numbers per batch
-    row, marked non-differentiable); in plain eager mode the
-    record and the flattened inputs stay on the context as the engine returned
-    them (:class:`_Carried`), for the first backward only.
+    row, marked non-differentiable). Plain eager calls take :class:`EagerTopKFunction`
+    instead, whose context keeps the record and the flattened inputs as the engine
+    returned them (:class:`_Carried`), for the first backward only.
     """
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(E: Tensor, v: Tensor, mask: Tensor | None, *settings: Any) -> tuple[Any, ...]:
-        # settings: the op's ``k`` ... ``record``, then the validated inputs in plain eager mode
-        # (:func:`run` decides: inside the function, tracing and transforms are not visible)
-        *op_settings, inp = settings
-        if inp is None:
-            method, record = op_settings[1], op_settings[-1]
-            values, scores, saved = topk(E, v, mask, *op_settings, replays(E, v, method, record))
-            return (values, scores, *saved)
-        # eager: the flattened inputs and the record go to the backward as they are,
-        # not as tensors (a backward without them recomputes the selection from the scores)
-        flat, _ = _flat_of(inp)
-        values, scores, sel = _forward(flat, *op_settings[1:], replay=True)
-        return values, scores, _Carried(flat, sel)
+        # settings: the op's ``k`` ... ``record``, then None (the place of the validated inputs,
+        # which only :class:`EagerTopKFunction` takes)
+        *op_settings, _ = settings
+        method, record = op_settings[1], op_settings[-1]
+        values, scores, saved = topk(E, v, mask, *op_settings, replays(E, v, method, record))
+        return (values, scores, *saved)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
         E, v, mask, *settings = inputs
-        ctx.carried = output[-1] if isinstance(output[-1], _Carried) else None
-        saved = output[2:] if ctx.carried is None else ()
+        saved = output[2:]
+        ctx.carried = None
         ctx.mark_non_differentiable(*saved)
         ctx.save_for_backward(E, v, mask, *saved)
-        ctx.settings = tuple(settings[:-2])  # without ``record`` and the validated inputs
+        ctx.settings = tuple(settings[:-2])  # without ``record`` and the validated inputs' place
         # no zero cotangents for the record's many tensors (each a fill, and a parallel region
         # that waits for a descheduled thread when another process keeps a core busy)
         ctx.set_materialize_grads(False)
 
     @staticmethod
     def backward(ctx: Any, d_values: Tensor | None, d_scores: Tensor | None, *_: Any) -> tuple[Any, ...]:
-        E, v, mask, *saved = ctx.saved_tensors
-        k = ctx.settings[0]
-        if d_values is None:
-            d_values = E.new_zeros((*v.shape[:-1], k, E.shape[-1]))
-        need_dE, need_dv = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
-        settings = (*ctx.settings, need_dE, need_dv)
-        # grad mode is on only when the gradient itself may be differentiated (create_graph=True,
-        # torch.func): then through a function whose derivative raises; otherwise the bare op
-        # (what torch.compile traces: Dynamo cannot nest an autograd.Function in a backward)
-        carried, ctx.carried = ctx.carried, None  # kept no longer than the first backward
-        if not torch.is_grad_enabled() and _plain_eager(E, v, mask, d_values, d_scores, *saved):
-            # (no zero tensor for an unused d_scores: the body takes None)
-            dE, dv = _topk_backward_flat(carried, E, v, mask, d_values, d_scores, saved, *settings)
-        else:
-            if d_scores is None:
-                d_scores = v.new_zeros((*v.shape[:-1], k))
-            args = (E, v, mask, d_values, d_scores, saved, *settings)
-            dE, dv = (TopKBackwardFunction.apply if torch.is_grad_enabled() else topk_backward)(*args)
-        return (dE if need_dE else None, dv if need_dv else None) + (None,) * (3 + len(ctx.settings))
+        return _backward(ctx, d_values, d_scores) + (None,) * (3 + len(ctx.settings))
+
+
+class EagerTopKFunction(torch.autograd.Function):
+    """:class:`TopKFunction` for plain eager calls (:func:`run` decides: inside a function,
+    tracing and transforms are not visible), taking the validated inputs as they are.
+
+    The flattened inputs and the record go to the backward as they are, not as tensors
+    (:class:`_Carried`). A ``forward`` that takes ``ctx`` (no ``setup_context``): torch then
+    neither binds each call's arguments to the forward's signature nor calls a second
+    Python method (``Function.apply``: 16 against 32 us per call on the development VM);
+    ``torch.func`` transforms, which need ``setup_context``, never reach this class.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, E: Tensor, v: Tensor, mask: Tensor | None, inp: Inputs, settings: tuple[Any, ...]) -> Any:
+        # settings: the op's ``k`` ... ``alpha`` (a forward that records the tournament)
+        flat, _ = _flat_of(inp)
+        method, boost, weighting, order, alpha = settings[1:]
+        values, scores, sel = _forward(flat, method, boost, weighting, order, alpha, True, replay=True)
+        ctx.carried = _Carried(flat, sel)
+        ctx.save_for_backward(E, v, mask)
+        ctx.settings = settings
+        ctx.set_materialize_grads(False)
+        return values, scores
+
+    @staticmethod
+    def backward(ctx: Any, d_values: Tensor | None, d_scores: Tensor | None) -> tuple[Any, ...]:
+        return (*_backward(ctx, d_values, d_scores), None, None, None)
+
+
+def _backward(ctx: Any, d_values: Tensor | None, d_scores: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+    """``(dE, dv)`` of :class:`TopKFunction` and :class:`EagerTopKFunction` (None where not needed)."""
+    E, v, mask, *saved = ctx.saved_tensors
+    k = ctx.settings[0]
+    if d_values is None:
+        d_values = E.new_zeros((*v.shape[:-1], k, E.shape[-1]))
+    need_dE, need_dv = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
+    settings = (*ctx.settings, need_dE, need_dv)
+    # grad mode is on only when the gradient itself may be differentiated (create_graph=True,
+    # torch.func): then through a function whose derivative raises; otherwise the bare op
+    # (what torch.compile traces: Dynamo cannot nest an autograd.Function in a backward)
+    carried, ctx.carried = ctx.carried, None  # kept no longer than the first backward
+    if not torch.is_grad_enabled() and _plain_eager(E, v, mask, d_values, d_scores, *saved):
+        # (no zero tensor for an unused d_scores: the body takes None)
+        dE, dv = _topk_backward_flat(carried, E, v, mask, d_values, d_scores, saved, *settings)
+    else:
+        if d_scores is None:
+            d_scores = v.new_zeros((*v.shape[:-1], k))
+        args = (E, v, mask, d_values, d_scores, saved, *settings)
+        dE, dv = (TopKBackwardFunction.apply if torch.is_grad_enabled() else topk_backward)(*args)
+    return (dE if need_dE else None, dv if need_dv else None)
 
 
 # ``Function.apply`` binds its arguments to ``inspect.signature(forward)`` on every call
