@@ -126,12 +126,23 @@ def first_call_table():
 KEEP_FREED = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(16 << 30)}
 
 
+def k_value(arg: str, n: int) -> int:
+    """k for a ``--k`` value: an integer, ``n``, or ``n-j`` (k = n - j)."""
+    if arg == "n":
+        return n
+    if arg.startswith("n-"):
+        return n - int(arg[2:])
+    return int(arg)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--n", type=int, nargs="+", default=[4096])
     parser.add_argument("--d", type=int, nargs="+", default=[256])
-    parser.add_argument("--k", nargs="+", default=["2", "64", "1024", "n"], help="values of k; 'n' means k = n")
+    parser.add_argument(
+        "--k", nargs="+", default=["2", "64", "1024", "n"], help="values of k; 'n' means k = n, 'n-1' k = n - 1"
+    )
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
@@ -200,7 +211,7 @@ def main(argv=None):
                 E = rng.uniform(-1, 1, (args.batch, n, d)).astype(args.dtype)
                 v = rng.uniform(0, 1, (args.batch, n)).astype(args.dtype)
                 for k_arg in args.k:
-                    k = n if k_arg == "n" else int(k_arg)
+                    k = k_value(k_arg, n)
                     if k > n:
                         continue
                     dv = rng.normal(size=(args.batch, k, d)).astype(args.dtype)

@@ -18,9 +18,10 @@ def run(*args: str) -> str:
 
 
 def test_cpu_table_runs():
-    args = ["--batch", "2", "--n", "64", "--d", "8", "--k", "2", "16", "n", "--repeat", "2"]
+    args = ["--batch", "2", "--n", "64", "--d", "8", "--k", "2", "16", "n-1", "n", "--repeat", "2"]
     lines = run(str(SCRIPTS / "cpu_table.py"), *args).strip().splitlines()
-    assert "np fwd" in lines[1] and "topk" in lines[1] and len(lines) == 5
+    assert "np fwd" in lines[1] and "topk" in lines[1] and len(lines) == 6
+    assert [line.split()[2] for line in lines[2:]] == ["2", "16", "63", "64"]
 
 
 def test_cpu_table_runs_beside_a_busy_process():
