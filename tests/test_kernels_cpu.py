@@ -398,7 +398,7 @@ def test_tournament_gather_declines(monkeypatch, rng):
     np.testing.assert_array_equal(fused.scores, two_calls.scores)
 
 
-@pytest.mark.parametrize("row", ["mixed", "constant", "two values", "normal"])
+@pytest.mark.parametrize("row", ["mixed", "constant", "two values", "normal", "padded", "all -inf"])
 @pytest.mark.parametrize(("dtype", "passes"), [("float32", 3), ("float32", 6), ("float64", 6)])
 @pytest.mark.parametrize("M", [256, 257, 1000, 4096])
 def test_radix_order_is_the_stable_descending_sort(rng, M, dtype, passes, row):
@@ -407,7 +407,7 @@ def test_radix_order_is_the_stable_descending_sort(rng, M, dtype, passes, row):
     float32 keys packed with their position (3 passes) or beside it (6, rows >= 2**32).
     A constant row moves in no pass; two values differ in one digit only (the passes
     whose digit is the same for the whole row are skipped, the last moving one writes
-    the order)."""
+    the order); trailing -inf (padding, some -inf before it too) stay in place unsorted."""
     cpu.available()
     kernels = cpu._kernels
     fin = np.finfo(dtype)
@@ -418,8 +418,12 @@ def test_radix_order_is_the_stable_descending_sort(rng, M, dtype, passes, row):
         x = np.full(M, rng.normal())
     elif row == "two values":
         x = rng.choice([1.0, 1.0 + 4 * np.finfo(dtype).eps], M)  # the lowest digit differs
-    else:
+    elif row == "normal":
         x = rng.normal(size=M)
+    elif row == "padded":
+        x = np.concatenate([np.where(rng.random(M // 2) < 0.1, -np.inf, rng.normal(size=M // 2)), np.full(M - M // 2, -np.inf)])
+    else:
+        x = np.full(M, -np.inf)
     x = x.astype(dtype)
     order = np.empty(M, np.int64)
     scratch = np.empty(M, np.uint64), np.empty(M, np.uint64), np.empty(M, np.int64)
@@ -450,10 +454,12 @@ def test_insertion_sort_and_its_fallback_are_stable(rng, shape, budget):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("k", [16, 300, 3000])
+@pytest.mark.parametrize("k", [16, 300, 1500, 2999, 3000])
 def test_tournament_long_rows_with_ties(rng, k, dtype):
-    """Rows of 3000 scores with many ties (k = 300 and k = n: the slots' final order by radix
-    too): the first round's order is the neutral core's, and in float64 so is the whole plan.
+    """Rows of 3000 scores with many ties (k >= 256: the slots' final order by insertion after
+    rounds, by radix where insertion gives up and for k = n; k = 300 and n - 1 pad the rows
+    with -inf, which the first round's radix sort leaves in place): the first round's order
+    is the neutral core's, and in float64 so is the whole plan.
     (In float32 the merged scores of later rounds differ from NumPy's in the last bit --
     another exp -- which may swap near-ties from round 2 on.)"""
     v = (rng.integers(-20, 20, size=(3, 3000)) / 4).astype(dtype)
