@@ -421,7 +421,8 @@ def test_radix_order_is_the_stable_descending_sort(rng, M, dtype, passes, row):
     elif row == "normal":
         x = rng.normal(size=M)
     elif row == "padded":
-        x = np.concatenate([np.where(rng.random(M // 2) < 0.1, -np.inf, rng.normal(size=M // 2)), np.full(M - M // 2, -np.inf)])
+        head = np.where(rng.random(M // 2) < 0.1, -np.inf, rng.normal(size=M // 2))
+        x = np.concatenate([head, np.full(M - M // 2, -np.inf)])
     else:
         x = np.full(M, -np.inf)
     x = x.astype(dtype)
