@@ -1129,9 +1129,9 @@ def _tournament_row(
             else:
                 sl0 = sh0
             t = _pair_gap(sh0, sl0, boost, lb, cap, power, zero)
-            e = _exp_neg(t)
-            one_e = one + e
-            if lv:
+            if lv:  # (a pair with an invalid low member takes no exp: its weights are 1 or 0, and 0)
+                e = _exp_neg(t)
+                one_e = one + e
                 wh = one / one_e
                 wl = e / one_e
                 cur[i] = wh * sh0 + wl * sl0
