@@ -640,6 +640,8 @@ def _radix_order(x, order, keys, ktmp, itmp, hist):  # pragma: no cover -- compi
         t -= 1
     for i in range(t, M):
         order[i] = i
+    if t == 0:
+        return
     if hist.shape[0] == 3:
         _radix_order_packed(x[:t], order[:t], keys[:t], ktmp[:t], hist)
     else:
