@@ -431,7 +431,7 @@ def run(inp: Inputs, settings: tuple[Any, ...]) -> tuple[Tensor, Tensor]:
             return EagerTopKFunction.apply(E, v, mask, inp, (inp.k, *settings))  # type: ignore[no-any-return]
         method, boost, weighting, order, alpha = settings
         return _forward(_flat_of(inp)[0], method, boost, weighting, order, alpha, False)[:2]
-    values, scores, *_ = TopKFunction.apply(E, v, mask, inp.k, *settings, record, None)
+    values, scores, *_ = TopKFunction.apply(E, v, mask, inp.k, *settings, record)
     return values, scores
 
 
@@ -459,11 +459,9 @@ class TopKFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(E: Tensor, v: Tensor, mask: Tensor | None, *settings: Any) -> tuple[Any, ...]:
-        # settings: the op's ``k`` ... ``record``, then None (the place of the validated inputs,
-        # which only :class:`EagerTopKFunction` takes)
-        *op_settings, _ = settings
-        method, record = op_settings[1], op_settings[-1]
-        values, scores, saved = topk(E, v, mask, *op_settings, replays(E, v, method, record))
+        # settings: the op's ``k`` ... ``record``
+        method, record = settings[1], settings[-1]
+        values, scores, saved = topk(E, v, mask, *settings, replays(E, v, method, record))
         return (values, scores, *saved)
 
     @staticmethod
@@ -473,14 +471,14 @@ class TopKFunction(torch.autograd.Function):
         ctx.carried = None
         ctx.mark_non_differentiable(*saved)
         ctx.save_for_backward(E, v, mask, *saved)
-        ctx.settings = tuple(settings[:-2])  # without ``record`` and the validated inputs' place
+        ctx.settings = tuple(settings[:-1])  # without ``record``
         # no zero cotangents for the record's many tensors (each a fill, and a parallel region
         # that waits for a descheduled thread when another process keeps a core busy)
         ctx.set_materialize_grads(False)
 
     @staticmethod
     def backward(ctx: Any, d_values: Tensor | None, d_scores: Tensor | None, *_: Any) -> tuple[Any, ...]:
-        return _backward(ctx, d_values, d_scores) + (None,) * (3 + len(ctx.settings))
+        return _backward(ctx, d_values, d_scores) + (None,) * (2 + len(ctx.settings))
 
 
 class EagerTopKFunction(torch.autograd.Function):
