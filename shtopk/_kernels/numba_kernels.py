@@ -301,6 +301,18 @@ def _gather_row_by_row(idx, w, skip, Eb, out, start, pair_slot, pair_w):  # prag
                 at += 1
 
 
+@njit(inline="always")
+def _add_row(o, wt, e, again, zero):  # pragma: no cover -- compiled
+    """``o += wt * e`` for a member row ``e`` of the slot whose output row is ``o``; with
+    ``again``, ``0 * e`` once more, for a member the selection repeats with weight 0 in
+    place of invalid ones (NaN where ``e`` holds inf or NaN, as those pairs give)."""
+    for c in range(e.shape[0]):
+        o[c] += wt * e[c]
+    if again:
+        for c in range(e.shape[0]):
+            o[c] += zero * e[c]
+
+
 @njit(cache=True, error_model="numpy")
 def _gather_each_row_once(ind, wts, P, skip, Eb, out, slot_of, w_of, repeated):  # pragma: no cover
     """:func:`_gather_row_by_row` of a batch row's selection (``ind``/``wts``: slot after slot of
@@ -316,7 +328,7 @@ def _gather_each_row_once(ind, wts, P, skip, Eb, out, slot_of, w_of, repeated): 
     would (NaN where that row holds inf or NaN; adding +0 once or several times is
     the same).
     """
-    n, d = Eb.shape
+    n = Eb.shape[0]
     zero = wts.dtype.type(0)
     slot_of[:n] = -1
     for q in range(ind.shape[0]):
@@ -333,16 +345,8 @@ def _gather_each_row_once(ind, wts, P, skip, Eb, out, slot_of, w_of, repeated): 
     out[:] = 0
     for i in range(n):
         j = slot_of[i]
-        if j < 0:
-            continue
-        o = out[j]
-        wt = w_of[i]
-        e = Eb[i]
-        for c in range(d):
-            o[c] += wt * e[c]
-        if repeated[i]:
-            for c in range(d):
-                o[c] += zero * e[c]
+        if j >= 0:
+            _add_row(out[j], w_of[i], Eb[i], repeated[i] != 0, zero)
 
 
 @njit(cache=True, error_model="numpy")
@@ -353,23 +357,14 @@ def _gather_by_slot(slot_of, w_of, skip, Eb, out, valid, repeated, masked):  # p
     are not ``valid`` are left out, and a row with ``repeated[i]`` (the first member of a
     slot with invalid ones, which the selection repeats with weight 0) adds ``0 * Eb[i]``
     once more."""
-    n, d = Eb.shape
     zero = w_of.dtype.type(0)
     out[:] = 0
-    for i in range(n):
+    for i in range(Eb.shape[0]):
         if masked and not valid[i]:
             continue
         j = slot_of[i]
-        if skip[j]:
-            continue
-        o = out[j]
-        wt = w_of[i]
-        e = Eb[i]
-        for c in range(d):
-            o[c] += wt * e[c]
-        if masked and repeated[i]:
-            for c in range(d):
-                o[c] += zero * e[c]
+        if not skip[j]:
+            _add_row(out[j], w_of[i], Eb[i], masked and repeated[i] != 0, zero)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
