@@ -579,12 +579,19 @@ def test_operator_and_gradients_equal_neutral(monkeypatch, rng, case, special, m
         assert_same(got, want, TOL["float64"])
 
 
+@pytest.mark.parametrize("by_row", [True, False])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
 @pytest.mark.parametrize("library", ["numpy", "torch"])
-def test_passes_over_E_in_every_dtype(rng, library, dtype):
-    """The gather-sum and the rows backward, half precision included (widened in the kernel)."""
+def test_passes_over_E_in_every_dtype(rng, monkeypatch, library, dtype, by_row):
+    """The gather-sum and the rows backward, half precision included (widened in the kernel);
+    the gather-sum reading E in row order and in plan order, whatever the shape and cores."""
     if library == "numpy" and dtype == "bfloat16":
         pytest.skip("NumPy has no bfloat16")
+    monkeypatch.setattr(cpu, "_by_row", lambda *args: by_row)
+    monkeypatch.setattr(cpu, "HALF_BY_ROW_BYTES", 0)
+    kernel = "gather_sum" + ("_by_row" if by_row else "") + ("_half" if dtype in ("float16", "bfloat16") else "")
+    calls = []
+    monkeypatch.setattr(cpu, "_run", lambda fn, *args: (calls.append(fn), fn(*args)))
     B, n, d, k = 3, 45, 19, 4
     E64, v = rng.normal(size=(B, n, d)), rng.normal(size=(B, n))
     keep = rng.random((B, n)) < 0.8
@@ -608,7 +615,9 @@ def test_passes_over_E_in_every_dtype(rng, library, dtype):
         xp = xp_np
         E, d_values = E64.astype(dtype), dV.astype(dtype)
         idx, w, sc, slots, wrow = sel.indices, sel.weights, sel.scores, sel.slot_of_row, sel.weight_of_row
+    calls.clear()
     got = cpu.gather_sum(xp, idx, w, sc, E)
+    assert calls == [getattr(cpu._kernels, kernel)]
     want = neutral_gather_sum(xp, idx, w, sc, E)
     assert got.dtype == want.dtype and type(got) is type(want)
     assert_same(got, want, TOL[dtype])

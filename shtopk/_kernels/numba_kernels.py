@@ -181,6 +181,20 @@ def _narrow(x, half):
     return np.uint16(u >> np.uint32(16))
 
 
+def _load(x, half):  # pragma: no cover -- compiled (see the overload below)
+    """An element of E in the accumulation dtype: a float as it is, half-precision bits widened
+    to float32 (:func:`_widen`)."""
+    return x
+
+
+@overload(_load, inline="always")
+def _load_typed(x, half):
+    """Chosen by the element's type when a kernel is compiled: no test at run time for floats."""
+    if isinstance(x, types.Float):
+        return lambda x, half: x
+    return lambda x, half: _widen(x, half)
+
+
 # ---------------------------------------------------------------- the gather-sum
 
 
@@ -255,13 +269,38 @@ def gather_sum_by_row(idx, w, skip, E, out, chunks):  # pragma: no cover -- comp
         pair_w = np.empty(k * P, w.dtype)
         for b in range(c * step, min(B, (c + 1) * step)):
             rows = slice(b * k, (b + 1) * k)
-            _gather_row_by_row(idx[rows], w[rows], skip[rows], E[b], out[rows], start, pair_slot, pair_w)
+            _gather_row_by_row(idx[rows], w[rows], skip[rows], E[b], out[rows], start, pair_slot, pair_w, 0)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def gather_sum_by_row_half(idx, w, skip, E, out, chunks, half):  # pragma: no cover -- compiled
+    """:func:`gather_sum_by_row` for half-precision E and ``out`` given as uint16 bits (``half`` as
+    in :func:`_widen`): each batch row summed in float32 (a (k, d) buffer per block of
+    rows), then rounded into ``out``. Reads E in row order, where :func:`gather_sum_half`
+    reads the members of each slot at random."""
+    S, P = idx.shape
+    B, n, d = E.shape
+    k = S // B if B else 1
+    step = (B + chunks - 1) // chunks
+    for c in prange(chunks):
+        start = np.empty(n + 1, np.int64)
+        pair_slot = np.empty(k * P, np.int64)
+        pair_w = np.empty(k * P, w.dtype)
+        acc = np.empty((k, d), np.float32)
+        for b in range(c * step, min(B, (c + 1) * step)):
+            rows = slice(b * k, (b + 1) * k)
+            _gather_row_by_row(idx[rows], w[rows], skip[rows], E[b], acc, start, pair_slot, pair_w, half)
+            o = out[rows]
+            for s in range(k):
+                for j in range(d):
+                    o[s, j] = _narrow(acc[s, j], half)
 
 
 @njit(cache=True, error_model="numpy")
-def _gather_row_by_row(idx, w, skip, Eb, out, start, pair_slot, pair_w):  # pragma: no cover -- compiled
+def _gather_row_by_row(idx, w, skip, Eb, out, start, pair_slot, pair_w, half):  # pragma: no cover -- compiled
     """One batch row of :func:`gather_sum`, reading its E (n, d) in row order: ``idx``/``w`` (k, P),
-    ``skip`` (k,), ``out`` (k, d); ``start`` (n + 1), ``pair_slot``/``pair_w`` (k P) are scratch.
+    ``skip`` (k,), ``out`` (k, d) in the accumulation dtype (E's elements widened by
+    :func:`_load`, ``half`` as there); ``start`` (n + 1), ``pair_slot``/``pair_w`` (k P) are scratch.
 
     The (slot, weight) pairs of the members are grouped by row (a counting sort of
     ``idx``, O(n + k P)); then E is read front to back, once, each row added into
@@ -297,7 +336,7 @@ def _gather_row_by_row(idx, w, skip, Eb, out, start, pair_slot, pair_w):  # prag
                 o = out[pair_slot[at]]
                 wt = pair_w[at]
                 for j in range(d):
-                    o[j] += wt * e[j]
+                    o[j] += wt * _load(e[j], half)
                 at += 1
 
 
@@ -994,7 +1033,7 @@ def tournament(
                 elif not poison[b]:  # each row in one slot at most (but the invalid ones)
                     _gather_each_row_once(ind, wts, P, skip, E[b], out[b], st, pw, ps)
                 else:
-                    _gather_row_by_row(ind.reshape(k_P), wts.reshape(k_P), skip, E[b], out[b], st, ps, pw)
+                    _gather_row_by_row(ind.reshape(k_P), wts.reshape(k_P), skip, E[b], out[b], st, ps, pw, 0)
 
 
 @njit(cache=True, error_model="numpy")
