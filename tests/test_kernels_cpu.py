@@ -377,6 +377,25 @@ def test_tournament_gather_with_inf_in_E(monkeypatch, rng, mask):
     np.testing.assert_allclose(values, reference, **TOL["float64"])  # (NaN where NaN, inf where inf)
 
 
+def test_tournament_gather_without_rounds_writes_each_row(monkeypatch, rng):
+    """k = n (no rounds, one member per slot): the fused forward writes each row into its slot
+    rather than adding it to zeros, so ``-0.0`` keeps its sign as in the neutral gather-sum
+    (the weight times one member); slots of masked items are zero."""
+    monkeypatch.setattr(cpu, "_cores", lambda: 1)
+    E, v = rng.normal(size=(3, 40, 4)), rng.normal(size=(3, 40))
+    E[:, ::2, 1] = -0.0
+    kw = dict(boost=1.5, weighting="softmax", order="score")
+    for keep in (None, rng.random((3, 40)) < 0.7):
+        flat = flatten_inputs(check_inputs(E, v, 40, keep))
+        values, scores, _ = cpu.tournament_gather(xp_np, flat.s, flat.valid, flat.poison, flat.E, 40, **kw)
+        sel = cpu.tournament(xp_np, flat.s, flat.valid, flat.poison, 40, **kw)
+        want = neutral_gather_sum(xp_np, sel.indices, sel.weights, sel.scores, flat.E)
+        np.testing.assert_array_equal(scores, sel.scores)
+        np.testing.assert_array_equal(values, want)
+        np.testing.assert_array_equal(np.signbit(values), np.signbit(want))
+        assert np.signbit(values).any()
+
+
 def test_tournament_gather_declines(monkeypatch, rng):
     """Half-precision E, E of another dtype than the scores, and batches too small for every core
     to take a batch row, unless E's rows are short (at most ``FUSED_ROW_BYTES``) and no record

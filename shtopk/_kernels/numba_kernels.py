@@ -406,6 +406,26 @@ def _gather_by_slot(slot_of, w_of, skip, Eb, out, valid, repeated, masked):  # p
             _add_row(out[j], w_of[i], Eb[i], masked and repeated[i] != 0, zero)
 
 
+@njit(cache=True, error_model="numpy")
+def _gather_single_members(slot_of, w_of, skip, Eb, out):  # pragma: no cover -- compiled
+    """:func:`_gather_by_slot` of a selection without rounds (k = m = n: each slot has one member,
+    and each row of ``Eb`` is the member of one slot): row ``i`` is written, weighted, into
+    ``out[slot_of[i]]`` unless that slot is skipped (its member is invalid), then the
+    skipped slots are zeroed. No pass that zeroes the E-sized output first and no read of
+    it back; ``-0.0`` stays ``-0.0``, as in the neutral core's sum of one member."""
+    d = Eb.shape[1]
+    for i in range(Eb.shape[0]):
+        j = slot_of[i]
+        if not skip[j]:
+            wt = w_of[i]
+            for c in range(d):
+                out[j, c] = wt * Eb[i, c]
+    for j in range(out.shape[0]):
+        if skip[j]:
+            for c in range(d):
+                out[j, c] = 0
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
 def gather_sum_half(idx, w, skip, E, out, chunks, half):  # pragma: no cover -- compiled
     """:func:`gather_sum` for half precision E and ``out`` given as uint16 bits; float32 sums."""
@@ -1022,7 +1042,9 @@ def tournament(
             if gather:
                 for j in range(k):
                     skip[j] = scores[b, j] == consts[2]  # -inf: a slot of invalid members only
-                if row_slot.shape[0]:
+                if row_slot.shape[0] and P == 1:  # no rounds: each slot's one member written, not added
+                    _gather_single_members(row_slot, row_w, skip, E[b], out[b])
+                elif row_slot.shape[0]:
                     repeated = st[: E.shape[1]]
                     if masked:  # a slot's first member stands for its invalid ones (weight 0)
                         repeated[:] = 0
