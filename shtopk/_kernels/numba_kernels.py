@@ -899,8 +899,9 @@ def tournament(
     (``by_slot``; rows not poisoned), the selection is made as a row layout instead,
     each item's slot and weight in ``pair_slots``/``pair_ws`` (:func:`_row_layout`), and
     summed from there (:func:`_gather_by_slot`, ``starts`` flagging the first members
-    that stand for invalid ones): the same sums, without the top-down expansion's random
-    reads, the selection's writing and its scattering by row. A replay's selection goes
+    that stand for invalid ones; without rounds, :func:`_gather_single_members`): the same
+    sums, without the top-down expansion's random reads, the selection's writing and its
+    scattering by row. A replay's selection goes
     the same way into its record's ``slot_of_row`` and ``weight_of_row``, the layout its
     backward reads.
 
