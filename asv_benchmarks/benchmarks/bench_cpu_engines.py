@@ -20,6 +20,8 @@ from .common import cotangent, forward_backward, inputs, library, operator
 ENGINES = ["numba", "numpy", "neutral"]
 PARAMS = (["numpy", "torch:cpu"], ENGINES, [4096], [2, 64], [256])
 PARAM_NAMES = ["backend", "engine", "n", "k", "d"]
+HALF_PARAMS = (["numpy:float16", "torch:cpu:bfloat16"], [4096], [64], [32, 256])
+HALF_PARAM_NAMES = ["input", "n", "k", "d"]
 
 
 def _use(backend: str, engine: str) -> None:
@@ -98,3 +100,34 @@ class FirstCall:
         if out.returncode:
             raise RuntimeError(out.stderr)
         return float(out.stdout)
+
+
+class HalfPrecision:
+    """Seconds of one forward, and of one forward+backward, of successive halving on half-precision
+    inputs on the CPU: NumPy float16 and torch-CPU bfloat16, batch 16, with the default engine (the
+    kernels widen each element and sum in float32). d = 32 reads E in plan order, d = 256 in row
+    order (``shtopk._kernels.cpu.HALF_BY_ROW_BYTES``)."""
+
+    params = HALF_PARAMS
+    param_names = HALF_PARAM_NAMES
+    timeout = 600
+
+    def setup(self, input, n, k, d):
+        backend, dtype = input.rsplit(":", 1)
+        torch_backend = backend != "numpy"
+        E, v = inputs(backend, n, d, dtype, requires_grad=torch_backend)
+        if not torch_backend:  # (the NumPy inputs come as float32)
+            E, v = E.astype(dtype), v.astype(dtype)
+        self.E, self.v = E, v
+        self.fn = operator("successive_halving", k)
+        values = self.fn(E, v).values
+        d_values = cotangent(backend, values)
+        self.d_values = d_values if torch_backend else d_values.astype(values.dtype)
+        self.run = lambda: forward_backward(backend, "successive_halving", k, self.E, self.v, self.d_values)
+        self.run()
+
+    def time_forward(self, input, n, k, d):
+        self.fn(self.E, self.v)
+
+    def time_forward_backward(self, input, n, k, d):
+        self.run()
