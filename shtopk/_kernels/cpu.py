@@ -344,16 +344,14 @@ def gather_sum(xp: Any, indices: Any, weights: Any, scores: Any, E: Any) -> Any 
     if B * k and d:
         w = _host(weights, acc).reshape(B * k, P)
         skip = (_host(scores) == -math.inf).reshape(B * k)
-        if half and d * E_h.itemsize >= HALF_BY_ROW_BYTES and _by_row(B, P, d * E_h.itemsize):
-            _run(_kernels.gather_sum_by_row_half, idx, w, skip, E_h, out, _launch(B * n * d * E_h.itemsize, B), half)
-        elif half:
-            blocks = _launch(B * k * P * d * E_h.itemsize, B * k)
-            _run(_kernels.gather_sum_half, idx, w, skip, E_h, out, blocks, half)
-        elif _by_row(B, P, d * E_h.itemsize):
-            _run(_kernels.gather_sum_by_row, idx, w, skip, E_h, out, _launch(B * n * d * E_h.itemsize, B))
+        row_bytes = d * E_h.itemsize
+        if _by_row(B, P, row_bytes) and (not half or row_bytes >= HALF_BY_ROW_BYTES):
+            blocks = _launch(B * n * row_bytes, B)  # parallel over batch rows
+            kernel = _kernels.gather_sum_by_row_half if half else _kernels.gather_sum_by_row
         else:
-            blocks = _launch(B * k * P * d * E_h.itemsize, B * k)
-            _run(_kernels.gather_sum, idx, w, skip, E_h, out, blocks)
+            blocks = _launch(B * k * P * row_bytes, B * k)  # over output rows, in plan order
+            kernel = _kernels.gather_sum_half if half else _kernels.gather_sum
+        _run(kernel, idx, w, skip, E_h, out, blocks, *((half,) if half else ()))
     return _wrap(out.reshape(B, k, d), E, half=half)
 
 
