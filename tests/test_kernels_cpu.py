@@ -377,23 +377,38 @@ def test_tournament_gather_with_inf_in_E(monkeypatch, rng, mask):
     np.testing.assert_allclose(values, reference, **TOL["float64"])  # (NaN where NaN, inf where inf)
 
 
-def test_tournament_gather_without_rounds_writes_each_row(monkeypatch, rng):
-    """k = n (no rounds, one member per slot): the fused forward writes each row into its slot
-    rather than adding it to zeros, so ``-0.0`` keeps its sign as in the neutral gather-sum
-    (the weight times one member); slots of masked items are zero."""
+@pytest.mark.parametrize("k", [40, 39, 21])
+def test_tournament_gather_writes_slots_of_one_valid_member(monkeypatch, rng, k):
+    """A slot with one valid member (every slot at k = n; with padding, most at k = n - 1) is
+    written from its row rather than added to zeros: its value is the sum of its members
+    in their order, bit for bit, as the neutral gather-sum's of one member (``-0.0`` keeps
+    its sign; a repeated member with weight 0 makes an inf NaN); the other slots are the
+    neutral sums to rounding, and slots of masked items are zero."""
     monkeypatch.setattr(cpu, "_cores", lambda: 1)
     E, v = rng.normal(size=(3, 40, 4)), rng.normal(size=(3, 40))
     E[:, ::2, 1] = -0.0
+    E[:, 5:8, 2] = np.inf
     kw = dict(boost=1.5, weighting="softmax", order="score")
     for keep in (None, rng.random((3, 40)) < 0.7):
-        flat = flatten_inputs(check_inputs(E, v, 40, keep))
-        values, scores, _ = cpu.tournament_gather(xp_np, flat.s, flat.valid, flat.poison, flat.E, 40, **kw)
-        sel = cpu.tournament(xp_np, flat.s, flat.valid, flat.poison, 40, **kw)
-        want = neutral_gather_sum(xp_np, sel.indices, sel.weights, sel.scores, flat.E)
+        flat = flatten_inputs(check_inputs(E, v, k, keep))
+        values, scores, _ = cpu.tournament_gather(xp_np, flat.s, flat.valid, flat.poison, flat.E, k, **kw)
+        sel = cpu.tournament(xp_np, flat.s, flat.valid, flat.poison, k, **kw)
         np.testing.assert_array_equal(scores, sel.scores)
-        np.testing.assert_array_equal(values, want)
-        np.testing.assert_array_equal(np.signbit(values), np.signbit(want))
-        assert np.signbit(values).any()
+        np.testing.assert_allclose(values, neutral_gather_sum(xp_np, sel.indices, sel.weights, sel.scores, flat.E))
+        members = np.take_along_axis(flat.E[:, None], sel.indices[..., None], axis=2)  # (B, k, P, d)
+        terms = sel.weights[..., None] * members
+        in_order = terms[:, :, 0]
+        for q in range(1, terms.shape[2]):
+            in_order = in_order + terms[:, :, q]
+        valid = np.take_along_axis(flat.valid[:, None], sel.indices, axis=2) & (sel.weights != 0)
+        single = (valid.sum(-1) == 1) & (sel.scores > -np.inf)
+        assert single.any()
+        np.testing.assert_array_equal(values[single], in_order[single])
+        np.testing.assert_array_equal(np.signbit(values[single]), np.signbit(in_order[single]))
+        assert np.signbit(values[single]).any()
+        assert not (values[sel.scores == -np.inf]).any()
+        if k == 39 and keep is None:
+            assert np.isnan(values[single]).any()  # the infs, times 0 in a repeat
 
 
 def test_tournament_gather_declines(monkeypatch, rng):

@@ -389,21 +389,47 @@ def _gather_each_row_once(ind, wts, P, skip, Eb, out, slot_of, w_of, repeated): 
 
 
 @njit(cache=True, error_model="numpy")
-def _gather_by_slot(slot_of, w_of, skip, Eb, out, valid, repeated, masked):  # pragma: no cover -- compiled
+def _gather_by_slot(slot_of, w_of, skip, Eb, out, valid, repeated, masked, single):  # pragma: no cover -- compiled
     """:func:`_gather_each_row_once` of a selection given as a row layout: row ``i`` of ``Eb``
     (n, d) is added, weighted by ``w_of[i]``, into ``out[slot_of[i]]`` (unless that slot is
     skipped), front to back: the same sums in the same order. With ``masked``, rows that
     are not ``valid`` are left out, and a row with ``repeated[i]`` (the first member of a
     slot with invalid ones, which the selection repeats with weight 0) adds ``0 * Eb[i]``
-    once more."""
+    once more.
+
+    With ``masked``, a slot of one valid member (``single[j]``; at k = n - 1 every slot but
+    one) is written from its row, not added into a zeroed output row, as
+    :func:`_gather_single_members` writes slots without rounds: ``w * e + 0 * e``, the
+    neutral core's sum of its members in their order, bit for bit (``-0.0`` stays
+    ``-0.0``; an inf in ``e`` gives NaN)."""
     zero = w_of.dtype.type(0)
-    out[:] = 0
+    d = Eb.shape[1]
+    if not masked:
+        out[:] = 0
+        for i in range(Eb.shape[0]):
+            j = slot_of[i]
+            if not skip[j]:
+                _add_row(out[j], w_of[i], Eb[i], False, zero)
+        return
+    for j in range(out.shape[0]):
+        if skip[j] or not single[j]:
+            for c in range(d):
+                out[j, c] = 0
     for i in range(Eb.shape[0]):
-        if masked and not valid[i]:
+        if not valid[i]:
             continue
         j = slot_of[i]
-        if not skip[j]:
-            _add_row(out[j], w_of[i], Eb[i], masked and repeated[i] != 0, zero)
+        if skip[j]:
+            continue
+        wt = w_of[i]
+        if not single[j]:
+            _add_row(out[j], wt, Eb[i], repeated[i] != 0, zero)
+        elif repeated[i] != 0:
+            for c in range(d):
+                out[j, c] = wt * Eb[i, c] + zero * Eb[i, c]
+        else:
+            for c in range(d):
+                out[j, c] = wt * Eb[i, c]
 
 
 @njit(cache=True, error_model="numpy")
@@ -899,7 +925,8 @@ def tournament(
     (``by_slot``; rows not poisoned), the selection is made as a row layout instead,
     each item's slot and weight in ``pair_slots``/``pair_ws`` (:func:`_row_layout`), and
     summed from there (:func:`_gather_by_slot`, ``starts`` flagging the first members
-    that stand for invalid ones; without rounds, :func:`_gather_single_members`): the same
+    that stand for invalid ones; slots of one valid member written, not added; without
+    rounds, :func:`_gather_single_members`): the same
     sums, without the top-down expansion's random reads, the selection's writing and its
     scattering by row. A replay's selection goes
     the same way into its record's ``slot_of_row`` and ``weight_of_row``, the layout its
@@ -934,6 +961,7 @@ def tournament(
         tid = get_thread_id()
         fbuf, ibuf, kbuf, ubuf, hist = fbufs[tid], ibufs[tid], kbufs[tid], ubufs[tid], hists[tid]
         skip = np.empty(k if gather else 0, np.bool_)
+        single = np.empty(k if gather else 0, np.bool_)
         no_order = np.empty(0, np.int32)
         st, ps, pw = starts[tid], pair_slots[tid], pair_ws[tid]
         for b in range(c * step, min(B, (c + 1) * step)):
@@ -1049,10 +1077,11 @@ def tournament(
                     repeated = st[: E.shape[1]]
                     if masked:  # a slot's first member stands for its invalid ones (weight 0)
                         repeated[:] = 0
-                        for j in range(k):
+                        for j in range(k):  # (kbuf[1]: each slot's count of invalid members)
+                            single[j] = P - kbuf[1, j] == 1
                             if kbuf[1, j] and not skip[j]:
                                 repeated[_slot_first(o_row, kbuf[0], k, m, j)] = 1
-                    _gather_by_slot(row_slot, row_w, skip, E[b], out[b], valid[b], repeated, masked)
+                    _gather_by_slot(row_slot, row_w, skip, E[b], out[b], valid[b], repeated, masked, single)
                 elif not poison[b]:  # each row in one slot at most (but the invalid ones)
                     _gather_each_row_once(ind, wts, P, skip, E[b], out[b], st, pw, ps)
                 else:
