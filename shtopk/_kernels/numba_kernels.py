@@ -1154,12 +1154,13 @@ def _tournament_row(
         consts[7],
     )
     cur, keys, ktmp = fbuf[0], fbuf[1], fbuf[2]
-    cur[:] = s[b]
     # scores finite or invalid (-inf), none +inf, under the softmax weighting: the weights of
     # pairs of two finite members without the fix-ups for invalid or infinite ones
     fast = not power
-    for i in range(m):
-        fast &= cur[i] <= big  # finite or -inf (invalid)
+    for i in range(m):  # (a loop: a slice assignment copies several times slower)
+        x = s[b, i]
+        cur[i] = x
+        fast &= x <= big  # finite or -inf (invalid)
     pos, itmp, runs = ibuf[0, :m], ibuf[1, :m], ibuf[2]
     perm, key, key_tmp = kbuf[0], kbuf[1], kbuf[2]
     ukeys, utmp = ubuf[0], ubuf[1]
@@ -1179,16 +1180,14 @@ def _tournament_row(
                 keys[i] = cur[o[i]]
         else:
             radix = M >= _RADIX_MIN and (M == m or _ascents(cur[:M]) * _ASCENTS_FOR_RADIX > M)
-            if not radix:
+            if not radix:  # sorted into the round's order itself (a radix sort overwrites it)
                 for i in range(M):
                     keys[i] = cur[i]
-                    pos[i] = i
-                if M == m or not _insertion_sort_desc(keys[:M], pos[:M], _INSERTION_MOVES * M):
+                    o[i] = i
+                if M == m or not _insertion_sort_desc(keys[:M], o, _INSERTION_MOVES * M):
                     radix = M >= _RADIX_MIN
                     if not radix:
-                        _sort_desc(keys[:M], pos[:M], ktmp[:M], itmp[:M], runs)
-                if not radix:
-                    o[:] = pos[:M]
+                        _sort_desc(keys[:M], o, ktmp[:M], itmp[:M], runs)
             if radix:
                 _radix_order(cur[:M], o, ukeys[:M], utmp[:M], itmp[:M], hist)
                 for i in range(M):
