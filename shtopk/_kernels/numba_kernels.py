@@ -1129,7 +1129,9 @@ def _tournament_row(
     loop around a call much faster than around a large body). The first round's
     order is sorted here too: by radix for long rows (:func:`_radix_order`); or, with
     ``use_first``, taken from ``first`` (m,) int32, where a forward saved it (a ``first``
-    of m items without ``use_first``: the order is written there).
+    of m items without ``use_first``: the order is written there). A replay (``use_first``)
+    under the softmax weighting records of its pairs of finite members only what its backward
+    reads (``w_hi``, ``w_lo``, ``t_out``; the record is its own scratch).
     ``orders``/``sorted_w`` are this row's (2m - 2k): of the record, or scratch; so
     are ``ind``/``wts`` (m), its selection (member rows and weights, slot after slot).
     ``fbuf``/``ibuf``/``kbuf``/``ubuf``/``hist`` are the calling thread's scratch.
@@ -1257,7 +1259,13 @@ def _tournament_row(
                 sw[last - u] = wl
             for i in range(lo, h):
                 fast &= cur[np.uint64(i)] <= big  # (sums of two scores near the largest may round up)
-            if record:
+            if record and use_first and not power:  # a replay's softmax backward reads no more
+                for i in range(lo, h):
+                    p = half_off + i
+                    w_hi[b, p] = sw[i]
+                    w_lo[b, p] = sw[M - 1 - i]
+                    t_out[b, p] = boost * (keys[i] - keys[M - 1 - i])
+            elif record:
                 for i in range(lo, h):
                     sh = keys[i]
                     sl = keys[M - 1 - i]
