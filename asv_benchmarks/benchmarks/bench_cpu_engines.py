@@ -22,6 +22,8 @@ PARAMS = (["numpy", "torch:cpu"], ENGINES, [4096], [2, 64], [256])
 PARAM_NAMES = ["backend", "engine", "n", "k", "d"]
 HALF_PARAMS = (["numpy:float16", "torch:cpu:bfloat16"], [4096], [64], [32, 256])
 HALF_PARAM_NAMES = ["input", "n", "k", "d"]
+EDGE_PARAMS = (["numpy", "torch:cpu"], ["n - 1", "n"], [4096], [32])
+EDGE_PARAM_NAMES = ["backend", "k", "n", "d"]
 
 
 def _use(backend: str, engine: str) -> None:
@@ -130,4 +132,29 @@ class HalfPrecision:
         self.fn(self.E, self.v)
 
     def time_forward_backward(self, input, n, k, d):
+        self.run()
+
+
+class EdgeCells:
+    """Seconds of one forward, and of one forward+backward, of successive halving at k = n - 1 (one
+    round over 2n - 2 items, n - 2 of them padding: every slot but one has one valid member) and
+    k = n (no rounds, an E-sized output), batch 16, float32, with the default engine: the cells
+    where the work per item differs most from k < n - 1, tracked so that neither drifts."""
+
+    params = EDGE_PARAMS
+    param_names = EDGE_PARAM_NAMES
+    timeout = 600
+
+    def setup(self, backend, k, n, d):
+        self.k = n - 1 if k == "n - 1" else n
+        self.E, self.v = inputs(backend, n, d, "float32", requires_grad=backend == "torch:cpu")
+        self.fn = operator("successive_halving", self.k)
+        self.d_values = cotangent(backend, self.fn(self.E, self.v).values)
+        self.run = lambda: forward_backward(backend, "successive_halving", self.k, self.E, self.v, self.d_values)
+        self.run()
+
+    def time_forward(self, backend, k, n, d):
+        self.fn(self.E, self.v)
+
+    def time_forward_backward(self, backend, k, n, d):
         self.run()
