@@ -191,6 +191,9 @@ def main(argv=None):
     if args.busy:
         spinner = multiprocessing.get_context("spawn").Process(target=_spin, daemon=True)
         spinner.start()
+        # measured from the steady state: a spawned interpreter takes ~0.1 s to start spinning,
+        # and the kernels count busy cores over the last 50 ms (shtopk._kernels.cpu._busy)
+        time.sleep(1.0)
     try:
         rng = np.random.default_rng(args.seed)
         engine = _kernels.engine(np.zeros(1))
