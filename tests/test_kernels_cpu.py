@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
 import sys
 import time
 
@@ -906,37 +905,3 @@ def test_prepare_scores_equals_neutral(rng, dtype, mask, shape):
         assert a.dtype == b.dtype and a.shape == b.shape, name
         np.testing.assert_array_equal(a, b, err_msg=name)
     assert not np.isnan(got[0]).any()  # NaN scores become -inf (invalid), their rows poisoned
-
-
-_POOL_CHECK = """
-import os, sys, time
-import numba, numpy as np
-import shtopk
-from shtopk._kernels import cpu
-cpu._busy, cpu._cores = (lambda: 0), (lambda: 2)
-rng = np.random.default_rng(0)
-E, v = rng.normal(size=(16, 2048, 64)).astype(np.float32), rng.normal(size=(16, 2048)).astype(np.float32)
-shtopk.successive_halving_topk(E, v, 8)  # 8 MiB of E: two threads
-assert numba.get_num_threads() == 2
-c0 = time.process_time()
-time.sleep(0.2)
-print(time.process_time() - c0, os.environ.get("OMP_WAIT_POLICY", "-"))
-"""
-
-
-@pytest.mark.parametrize("policy", [None, "ACTIVE"])
-def test_thread_pool_workers_sleep_after_a_call(policy):
-    """Numba's thread pool starts with workers that sleep when a parallel region ends (GNU OpenMP's
-    spin after each region cost a core for ~9 ms per call on the development VM): in a fresh
-    process, a call on two threads leaves the process idle while it sleeps, and the
-    environment as it was; a wait policy the environment sets is left to the runtime."""
-    env = {name: value for name, value in os.environ.items() if name not in cpu.WAIT_POLICY_VARIABLES}
-    env["NUMBA_NUM_THREADS"] = "2"
-    if policy:
-        env["OMP_WAIT_POLICY"] = policy
-    out = subprocess.run([sys.executable, "-c", _POOL_CHECK], env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr
-    cpu_seconds, seen = out.stdout.split()
-    assert seen == (policy or "-")
-    if policy is None:
-        assert float(cpu_seconds) < 0.004

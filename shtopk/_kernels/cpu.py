@@ -17,8 +17,7 @@ work can keep busy, and a core that another process keeps busy is not
 counted (a parallel region waits for its slowest thread; other processes'
 cores are estimated from their CPU time, see :func:`_busy`). Its work is split
 into a few blocks per thread, handed out dynamically, so a thread that is
-slowed anyway takes fewer blocks instead of holding the others up; and the pool's
-workers sleep when a call ends rather than spin (:func:`_start_threads`). After one
+slowed anyway takes fewer blocks instead of holding the others up. After one
 call that prepares the scores, a forward makes one parallel call over batch rows
 (each row's tournament, then the gather-sum of its selection, which is never
 written to memory; with a record for the backward, the record too) or, when
@@ -71,37 +70,8 @@ def available() -> bool:
         except ImportError:
             _kernels = _numba = None
         else:
-            _start_threads(numba)
             _kernels, _numba = numba_kernels, numba
     return _kernels is not None
-
-
-#: Environment variables that set how an OpenMP runtime's idle workers wait (standard, GNU, Intel/LLVM).
-WAIT_POLICY_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
-
-
-def _start_threads(numba: Any) -> None:
-    """Start Numba's thread pool (load its threading layer) with workers that sleep as soon as a
-    parallel region ends, unless the environment already says how they wait.
-
-    OpenMP runtimes let idle workers spin by default: GNU OpenMP (Numba's ``omp`` layer
-    on Linux) for 300,000 pause instructions. Measured on the development VM: after each
-    forward on two threads, the worker spun about 9 ms (the call itself took 1 ms), a core
-    taken from other processes; beside a busy process, the kernels' estimate of busy cores
-    then saw that process get less CPU and chose two threads again, and forwards ran at
-    11-14x the floor instead of 5x. ``OMP_WAIT_POLICY=PASSIVE`` is set only while the layer
-    loads (the runtime reads it then) and removed again, so that libraries loaded later
-    see the environment as it was; a runtime loaded earlier by another library keeps its
-    own settings. Time of a forward+backward on two threads: unchanged within the noise.
-    """
-    if any(name in os.environ for name in WAIT_POLICY_VARIABLES):
-        numba.get_num_threads()
-        return
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    try:
-        numba.get_num_threads()  # (loads the threading layer and starts its workers)
-    finally:
-        os.environ.pop("OMP_WAIT_POLICY", None)
 
 
 def _require() -> None:
