@@ -352,6 +352,19 @@ def _add_row(o, wt, e, again, zero):  # pragma: no cover -- compiled
             o[c] += zero * e[c]
 
 
+@njit(inline="always")
+def _set_row(o, wt, e, again, zero):  # pragma: no cover -- compiled
+    """:func:`_add_row` into a row ``o`` not written yet: ``o = wt * e`` (``+ 0 * e`` with
+    ``again``), the sum of a slot's one member, bit for bit (``-0.0`` stays ``-0.0``),
+    without zeroing ``o`` first and reading it back."""
+    if again:
+        for c in range(e.shape[0]):
+            o[c] = wt * e[c] + zero * e[c]
+    else:
+        for c in range(e.shape[0]):
+            o[c] = wt * e[c]
+
+
 @njit(cache=True, error_model="numpy")
 def _gather_each_row_once(ind, wts, P, skip, Eb, out, slot_of, w_of, repeated):  # pragma: no cover
     """:func:`_gather_row_by_row` of a batch row's selection (``ind``/``wts``: slot after slot of
@@ -398,12 +411,11 @@ def _gather_by_slot(slot_of, w_of, skip, Eb, out, valid, repeated, masked, singl
     once more.
 
     With ``masked``, a slot of one valid member (``single[j]``; at k = n - 1 every slot but
-    one) is written from its row, not added into a zeroed output row, as
+    one) is written from its row (:func:`_set_row`), not added into a zeroed output row, as
     :func:`_gather_single_members` writes slots without rounds: ``w * e + 0 * e``, the
     neutral core's sum of its members in their order, bit for bit (``-0.0`` stays
     ``-0.0``; an inf in ``e`` gives NaN)."""
     zero = w_of.dtype.type(0)
-    d = Eb.shape[1]
     if not masked:
         out[:] = 0
         for i in range(Eb.shape[0]):
@@ -413,23 +425,17 @@ def _gather_by_slot(slot_of, w_of, skip, Eb, out, valid, repeated, masked, singl
         return
     for j in range(out.shape[0]):
         if skip[j] or not single[j]:
-            for c in range(d):
-                out[j, c] = 0
+            out[j] = 0
     for i in range(Eb.shape[0]):
         if not valid[i]:
             continue
         j = slot_of[i]
         if skip[j]:
             continue
-        wt = w_of[i]
-        if not single[j]:
-            _add_row(out[j], wt, Eb[i], repeated[i] != 0, zero)
-        elif repeated[i] != 0:
-            for c in range(d):
-                out[j, c] = wt * Eb[i, c] + zero * Eb[i, c]
+        if single[j]:
+            _set_row(out[j], w_of[i], Eb[i], repeated[i] != 0, zero)
         else:
-            for c in range(d):
-                out[j, c] = wt * Eb[i, c]
+            _add_row(out[j], w_of[i], Eb[i], repeated[i] != 0, zero)
 
 
 @njit(cache=True, error_model="numpy")
@@ -439,17 +445,14 @@ def _gather_single_members(slot_of, w_of, skip, Eb, out):  # pragma: no cover --
     ``out[slot_of[i]]`` unless that slot is skipped (its member is invalid), then the
     skipped slots are zeroed. No pass that zeroes the E-sized output first and no read of
     it back; ``-0.0`` stays ``-0.0``, as in the neutral core's sum of one member."""
-    d = Eb.shape[1]
+    zero = w_of.dtype.type(0)
     for i in range(Eb.shape[0]):
         j = slot_of[i]
         if not skip[j]:
-            wt = w_of[i]
-            for c in range(d):
-                out[j, c] = wt * Eb[i, c]
+            _set_row(out[j], w_of[i], Eb[i], False, zero)
     for j in range(out.shape[0]):
         if skip[j]:
-            for c in range(d):
-                out[j, c] = 0
+            out[j] = 0
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
