@@ -39,33 +39,44 @@ def _use(backend: str, engine: str) -> None:
     os.environ["SHTOPK_KERNELS"] = engine
 
 
-class Engines:
+class _Timed:
+    """Seconds of one forward, and of one forward+backward, of successive halving on the inputs
+    that :meth:`_prepare` sets (after one untimed call: compilation is not timed)."""
+
+    timeout = 600
+
+    def _prepare(self, backend, k, E, v, cotangent_dtype=None):
+        self.E, self.v = E, v
+        self.fn = operator("successive_halving", k)
+        d_values = cotangent(backend, self.fn(E, v).values)
+        self.d_values = d_values if cotangent_dtype is None else d_values.astype(cotangent_dtype)
+        self.run = lambda: forward_backward(backend, "successive_halving", k, self.E, self.v, self.d_values)
+        self.run()
+
+    def time_forward(self, *params):
+        self.fn(self.E, self.v)
+
+    def time_forward_backward(self, *params):
+        self.run()
+
+
+class Engines(_Timed):
     """Seconds of one forward, and of one forward+backward, per engine."""
 
     params = PARAMS
     param_names = PARAM_NAMES
-    timeout = 600
 
     def setup(self, backend, engine, n, k, d):
         self._previous = os.environ.get("SHTOPK_KERNELS")
         _use(backend, engine)
-        self.E, self.v = inputs(backend, n, d, "float32", requires_grad=backend == "torch:cpu")
-        self.fn = operator("successive_halving", k)
-        self.d_values = cotangent(backend, self.fn(self.E, self.v).values)
-        self.run = lambda: forward_backward(backend, "successive_halving", k, self.E, self.v, self.d_values)
-        self.run()
+        E, v = inputs(backend, n, d, "float32", requires_grad=backend == "torch:cpu")
+        self._prepare(backend, k, E, v)
 
     def teardown(self, backend, engine, n, k, d):
         if self._previous is None:
             os.environ.pop("SHTOPK_KERNELS", None)
         else:
             os.environ["SHTOPK_KERNELS"] = self._previous
-
-    def time_forward(self, backend, engine, n, k, d):
-        self.fn(self.E, self.v)
-
-    def time_forward_backward(self, backend, engine, n, k, d):
-        self.run()
 
 
 _FIRST_CALL = """
@@ -104,7 +115,7 @@ class FirstCall:
         return float(out.stdout)
 
 
-class HalfPrecision:
+class HalfPrecision(_Timed):
     """Seconds of one forward, and of one forward+backward, of successive halving on half-precision
     inputs on the CPU: NumPy float16 and torch-CPU bfloat16, batch 16, with the default engine (the
     kernels widen each element and sum in float32). d = 32 reads E in plan order, d = 256 in row
@@ -112,30 +123,18 @@ class HalfPrecision:
 
     params = HALF_PARAMS
     param_names = HALF_PARAM_NAMES
-    timeout = 600
 
     def setup(self, input, n, k, d):
         backend, dtype = input.rsplit(":", 1)
         torch_backend = backend != "numpy"
         E, v = inputs(backend, n, d, dtype, requires_grad=torch_backend)
-        if not torch_backend:  # (the NumPy inputs come as float32)
-            E, v = E.astype(dtype), v.astype(dtype)
-        self.E, self.v = E, v
-        self.fn = operator("successive_halving", k)
-        values = self.fn(E, v).values
-        d_values = cotangent(backend, values)
-        self.d_values = d_values if torch_backend else d_values.astype(values.dtype)
-        self.run = lambda: forward_backward(backend, "successive_halving", k, self.E, self.v, self.d_values)
-        self.run()
-
-    def time_forward(self, input, n, k, d):
-        self.fn(self.E, self.v)
-
-    def time_forward_backward(self, input, n, k, d):
-        self.run()
+        if torch_backend:
+            self._prepare(backend, k, E, v)
+        else:  # (the NumPy inputs come as float32)
+            self._prepare(backend, k, E.astype(dtype), v.astype(dtype), cotangent_dtype=dtype)
 
 
-class EdgeCells:
+class EdgeCells(_Timed):
     """Seconds of one forward, and of one forward+backward, of successive halving at k = n - 1 (one
     round over 2n - 2 items, n - 2 of them padding: every slot but one has one valid member) and
     k = n (no rounds, an E-sized output), batch 16, float32, with the default engine: the cells
@@ -143,18 +142,7 @@ class EdgeCells:
 
     params = EDGE_PARAMS
     param_names = EDGE_PARAM_NAMES
-    timeout = 600
 
     def setup(self, backend, k, n, d):
-        self.k = n - 1 if k == "n - 1" else n
-        self.E, self.v = inputs(backend, n, d, "float32", requires_grad=backend == "torch:cpu")
-        self.fn = operator("successive_halving", self.k)
-        self.d_values = cotangent(backend, self.fn(self.E, self.v).values)
-        self.run = lambda: forward_backward(backend, "successive_halving", self.k, self.E, self.v, self.d_values)
-        self.run()
-
-    def time_forward(self, backend, k, n, d):
-        self.fn(self.E, self.v)
-
-    def time_forward_backward(self, backend, k, n, d):
-        self.run()
+        E, v = inputs(backend, n, d, "float32", requires_grad=backend == "torch:cpu")
+        self._prepare(backend, n - 1 if k == "n - 1" else n, E, v)
