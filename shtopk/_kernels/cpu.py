@@ -854,7 +854,7 @@ def tournament_backward(xp: Any, sel: Selection, dw_items: Any, d_scores: Any, b
     out = np.empty((B, m), dt)
     blocks = _launch(B * m * TOURNAMENT_BYTES_PER_ITEM, B)
     consts = _backward_consts(dt, boost, weighting)
-    fields = round_fields(sel, B, dt)
+    fields = backward_fields(round_fields(sel, B, dt))
     _run(_kernels.tournament_backward, *fields, dw_h, _host(d_scores, dt), consts, weighting == "power", out, blocks)
     return _wrap(out, dw_items)
 
@@ -879,6 +879,12 @@ def round_fields(sel: Selection, B: int, dt: np.dtype) -> list[np.ndarray]:
     return [stacked([getattr(rd, name) for rd in sel.rounds], _FIELD_DTYPES.get(name, dt)) for name in ROUND_FIELDS]
 
 
+def backward_fields(fields: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Of :func:`round_fields`, those the backward kernels read: all but ``w_hi``/``w_lo``, the
+    ``sorted_weights`` by pair (the kernels read those)."""
+    return [f for f, name in zip(fields, ROUND_FIELDS, strict=True) if name not in ("w_hi", "w_lo")]
+
+
 def score_cotangents(
     xp: Any, sel: Selection, dw: Any, d_scores: Any, valid: Any, poison: Any, boost: float, weighting: str
 ) -> Any | None:
@@ -894,7 +900,7 @@ def score_cotangents(
         return None
     dw_h = _host(dw)
     B, n = dw_h.shape
-    fields = round_fields(sel, B, dt)
+    fields = backward_fields(round_fields(sel, B, dt))
     m = fields[0].shape[1] // 2 + ds_h.shape[1]
     out = np.empty((B, n), dt)
     if B:

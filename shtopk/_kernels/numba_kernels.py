@@ -1057,8 +1057,6 @@ def tournament(
                     buf,
                     o_row.reshape((1, o_row.shape[0])),
                     sw_row.reshape((1, sw_row.shape[0])),
-                    w_hi_b,
-                    w_lo_b,
                     s_hi_b,
                     s_lo_b,
                     gap_b,
@@ -1134,7 +1132,8 @@ def _tournament_row(
     ``use_first``, taken from ``first`` (m,) int32, where a forward saved it (a ``first``
     of m items without ``use_first``: the order is written there). A replay (``use_first``)
     under the softmax weighting records of its pairs of finite members only what its backward
-    reads (``w_hi``, ``w_lo``, ``t_out``; the record is its own scratch).
+    reads (``t_out``: the backward reads the pairs' weights from ``sorted_w``; the record is
+    its own scratch).
     ``orders``/``sorted_w`` are this row's (2m - 2k): of the record, or scratch; so
     are ``ind``/``wts`` (m), its selection (member rows and weights, slot after slot).
     ``fbuf``/``ibuf``/``kbuf``/``ubuf``/``hist`` are the calling thread's scratch.
@@ -1264,10 +1263,7 @@ def _tournament_row(
                 fast &= cur[np.uint64(i)] <= big  # (sums of two scores near the largest may round up)
             if record and use_first and not power:  # a replay's softmax backward reads no more
                 for i in range(lo, h):
-                    p = half_off + i
-                    w_hi[b, p] = sw[i]
-                    w_lo[b, p] = sw[M - 1 - i]
-                    t_out[b, p] = boost * (keys[i] - keys[M - 1 - i])
+                    t_out[b, half_off + i] = boost * (keys[i] - keys[M - 1 - i])
             elif record:
                 for i in range(lo, h):
                     sh = keys[i]
@@ -1497,14 +1493,16 @@ def _power_side(s, dq, sigma, log_ww, lo_valid, has_gap, log_gap, c):  # pragma:
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def tournament_backward(
-    orders, sorted_w, w_hi, w_lo, s_hi0, s_lo0, gap, t, lo_valid, dw_items, d_scores, consts, power, out, chunks
+    orders, sorted_w, s_hi0, s_lo0, gap, t, lo_valid, dw_items, d_scores, consts, power, out, chunks
 ):  # pragma: no cover -- compiled
     """:func:`shtopk._core.plan_backward.neutral_tournament_backward` for every batch row, in
     parallel over ``chunks`` blocks of batch rows, formula by formula.
 
     The rounds' arrays are those :func:`tournament` writes (recorded), one per
-    field, rounds side by side (:func:`.cpu.round_columns`). ``consts``: 0, the largest finite value, boost, ``ln b``,
-    ``ln ln b``, the two exp caps and ``big / 4`` (power), 1, in the scores' dtype.
+    field, rounds side by side (:func:`.cpu.round_columns`), but ``w_hi``/``w_lo``:
+    the pairs' weights are read from ``sorted_w``, which holds the same values.
+    ``consts``: 0, the largest finite value, boost, ``ln b``, ``ln ln b``, the two exp
+    caps and ``big / 4`` (power), 1, in the scores' dtype.
     """
     B, m = dw_items.shape
     k = d_scores.shape[1]
@@ -1515,7 +1513,7 @@ def tournament_backward(
             buf[0] = dw_items[b]
             buf[3, :k] = d_scores[b]
             out[b] = _tournament_backward_row(
-                buf, b, k, orders, sorted_w, w_hi, w_lo, s_hi0, s_lo0, gap, t, lo_valid, consts, power
+                buf, b, k, orders, sorted_w, s_hi0, s_lo0, gap, t, lo_valid, consts, power
             )
 
 
@@ -1523,8 +1521,6 @@ def tournament_backward(
 def score_cotangents(
     orders,
     sorted_w,
-    w_hi,
-    w_lo,
     s_hi0,
     s_lo0,
     gap,
@@ -1567,8 +1563,6 @@ def score_cotangents(
                 inv_perm,
                 orders,
                 sorted_w,
-                w_hi,
-                w_lo,
                 s_hi0,
                 s_lo0,
                 gap,
@@ -1591,8 +1585,6 @@ def _score_cotangents_row(
     inv_perm,
     orders,
     sorted_w,
-    w_hi,
-    w_lo,
     s_hi0,
     s_lo0,
     gap,
@@ -1614,9 +1606,7 @@ def _score_cotangents_row(
     buf[0, n:] = zero
     for j in range(k):
         buf[3, j] = d_scores[b, inv_perm[r, j]]
-    sigma = _tournament_backward_row(
-        buf, r, k, orders, sorted_w, w_hi, w_lo, s_hi0, s_lo0, gap, t, lo_valid, consts, power
-    )
+    sigma = _tournament_backward_row(buf, r, k, orders, sorted_w, s_hi0, s_lo0, gap, t, lo_valid, consts, power)
     if poison[b]:
         out[b] = np.nan
     else:
@@ -1675,8 +1665,6 @@ def _replayed_row_backward(
     buf,
     orders,
     sorted_w,
-    w_hi,
-    w_lo,
     s_hi0,
     s_lo0,
     gap,
@@ -1714,8 +1702,6 @@ def _replayed_row_backward(
             inv_perm,
             orders,
             sorted_w,
-            w_hi,
-            w_lo,
             s_hi0,
             s_lo0,
             gap,
@@ -1731,12 +1717,12 @@ def _replayed_row_backward(
 
 @njit(cache=True, error_model="numpy")
 def _tournament_backward_row(
-    buf, b, k, orders, sorted_w, w_hi, w_lo, s_hi0, s_lo0, gap, t, lo_valid, consts, power
+    buf, b, k, orders, sorted_w, s_hi0, s_lo0, gap, t, lo_valid, consts, power
 ):  # pragma: no cover -- compiled
     """Batch row ``b`` of :func:`tournament_backward`: ``Q`` bottom-up, then ``sigma`` and ``D``
-    top-down. Takes ``Q`` (the padded items' weight cotangents) in ``buf[0]`` and the slots'
-    score cotangents in ``buf[3, :k]``; returns ``sigma`` (m,), the items' score cotangents
-    (a view of ``buf``)."""
+    top-down (the pairs' weights from ``sorted_w``). Takes ``Q`` (the padded items' weight
+    cotangents) in ``buf[0]`` and the slots' score cotangents in ``buf[3, :k]``; returns
+    ``sigma`` (m,), the items' score cotangents (a view of ``buf``)."""
     m = buf.shape[1]
     zero, big, boost, log_log_b, one = consts[0], consts[1], consts[2], consts[4], consts[8]
     dQ = buf[2]  # round r's pairs at m - M_r
@@ -1784,7 +1770,7 @@ def _tournament_backward_row(
                 ds_hi = _power_side(s_hi0[b, p], dq, si, log_ww, lv, has_gap, log_gap, consts)
                 ds_lo = -_power_side(s_lo0[b, p], dq, si, log_ww, lv, has_gap, log_gap, consts)
             else:
-                ww = w_hi[b, p] * w_lo[b, p]
+                ww = sw[i] * sw[M2 - 1 - i]  # the pair's w_hi * w_lo
                 ds_hi = _saturate(dq * (ww * boost) + si * (ww * _clip_max(t[b, p], big)), big)
                 ds_lo = -ds_hi
             hi, lo = o[i], o[M2 - 1 - i]
