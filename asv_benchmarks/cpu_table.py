@@ -26,8 +26,9 @@ first with an empty Numba cache (compilation), then with the cache filled.
 ``--keep-freed-memory`` runs the table with glibc's malloc keeping freed memory
 for reuse (:data:`KEEP_FREED`, set in the environment before the process
 starts), so that a new E-sized ``dE`` or output reuses pages already faulted
-in instead of fresh ones from the kernel; the header line names the ``MALLOC_``
-settings in effect.
+in instead of fresh ones from the kernel. The header line names the ``MALLOC_``
+settings in effect, and how OpenMP's idle workers wait (``OMP_WAIT_POLICY``,
+``GOMP_SPINCOUNT``) where the environment sets it.
 
 Run from the repository root::
 
@@ -121,6 +122,9 @@ def first_call_table():
             print(f"{label:>12} {imp:>9.2f} {first:>12.2f} {cpu:>8.2f} {second:>13.4f}")
 
 
+#: The environment variables the header line names where set (prefixes): glibc's malloc, OpenMP's idle workers.
+HEADER_ENV = ("MALLOC_", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
 #: glibc malloc settings under which freed memory stays in the process for reuse: allocations up to 4 GiB
 #: come from the heap rather than fresh ``mmap`` s, and up to 16 GiB freed at its top is not returned.
 KEEP_FREED = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(16 << 30)}
@@ -201,7 +205,7 @@ def main(argv=None):
             f"# NumPy {np.__version__}" + (f", torch {torch.__version__}" if torch else "") + f", engine {engine}, "
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, batch {args.batch}, {args.dtype}"
             + (", one competing CPU-bound process" if args.busy else "")
-            + "".join(f", {k}={os.environ[k]}" for k in sorted(os.environ) if k.startswith("MALLOC_"))
+            + "".join(f", {k}={os.environ[k]}" for k in sorted(os.environ) if k.startswith(HEADER_ENV))
             + f"; {args.clock} time, ratios to the floor, {args.stat} of {args.repeat} interleaved rounds"
         )
         cols = ["n", "d", "k", "floor ms", "np fwd", "np f+b"]

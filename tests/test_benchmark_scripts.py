@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,8 @@ import pytest
 SCRIPTS = Path(__file__).resolve().parents[1] / "asv_benchmarks"
 
 
-def run(*args: str) -> str:
-    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
+def run(*args: str, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -36,6 +37,14 @@ def test_cpu_table_reruns_itself_keeping_freed_memory():
     assert "MALLOC_MMAP_THRESHOLD_=4294967296, MALLOC_TRIM_THRESHOLD_=17179869184" in lines[0] and len(lines) == 3
     plain = run(str(SCRIPTS / "cpu_table.py"), *args[:-1]).strip().splitlines()
     assert "MALLOC_" not in plain[0]
+
+
+def test_cpu_table_names_how_openmp_workers_wait_where_the_environment_says():
+    args = ["--batch", "2", "--n", "32", "--d", "4", "--k", "2", "--repeat", "1", "--no-torch"]
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    header = run(str(SCRIPTS / "cpu_table.py"), *args, env={**env, "GOMP_SPINCOUNT": "10000"}).splitlines()[0]
+    assert header.endswith("GOMP_SPINCOUNT=10000; wall time, ratios to the floor, median of 1 interleaved rounds")
+    assert "SPINCOUNT" not in run(str(SCRIPTS / "cpu_table.py"), *args, env=env).splitlines()[0]
 
 
 def test_alloc_churn_runs_each_mode_in_a_process_of_its_own():
