@@ -880,8 +880,8 @@ def round_fields(sel: Selection, B: int, dt: np.dtype) -> list[np.ndarray]:
 
 
 def backward_fields(fields: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Of :func:`round_fields`, those the backward kernels read: all but ``w_hi``/``w_lo``, the
-    ``sorted_weights`` by pair (the kernels read those)."""
+    """Of :func:`round_fields`, those the backward kernels read: all but ``w_hi``/``w_lo``, which
+    repeat ``sorted_weights`` pair by pair (the kernels read the pairs' weights there)."""
     return [f for f, name in zip(fields, ROUND_FIELDS, strict=True) if name not in ("w_hi", "w_lo")]
 
 
