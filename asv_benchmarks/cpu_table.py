@@ -15,7 +15,10 @@ default), interleaved round by round:
 each reported as a ratio to the floor (the median of the per-round ratios,
 robust to a noisy machine; ``--stat min``: the ratio of the fastest rounds), plus the peak extra memory of the NumPy
 forward+backward over the bytes of E (tracemalloc: the NumPy allocations,
-dE included; the cotangents are made once, outside). The kernels' engine is
+dE included; the cotangents are made once, outside) and, beside it, ``mem bound``:
+the bytes of what that call returns (values and scores, dE and dv: ``k/n (1 + 1/d)
++ 1 + 1/d`` times the bytes of E for scores of E's dtype, :func:`returned_bytes`),
+which any implementation must hold at once. The kernels' engine is
 the default one (``SHTOPK_KERNELS`` or ``--engine`` restricts it).
 
 ``--busy`` runs the table while one other CPU-bound process spins (as a
@@ -130,6 +133,13 @@ HEADER_ENV = ("MALLOC_", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 KEEP_FREED = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(16 << 30)}
 
 
+def returned_bytes(batch: int, n: int, d: int, k: int, itemsize: int) -> int:
+    """Bytes of what a forward+backward returns and keeps at once: the values (B, k, d) and
+    scores (B, k), then dE (B, n, d) and dv (B, n), all of the dtype's ``itemsize``: the
+    least peak memory any implementation can have (above E, the cotangent and v)."""
+    return batch * (k * d + k + n * d + n) * itemsize
+
+
 def k_value(arg: str, n: int) -> int:
     """k for a ``--k`` value: an integer, ``n``, or ``n-j`` (k = n - j)."""
     if arg == "n":
@@ -211,7 +221,7 @@ def main(argv=None):
         cols = ["n", "d", "k", "floor ms", "np fwd", "np f+b"]
         if torch:
             cols += ["th fwd", "th f+b", "topk"]
-        cols += ["peak mem/E"]
+        cols += ["peak mem/E", "mem bound"]
         print(" ".join(f"{c:>10}" for c in cols))
         for n in args.n:
             for d in args.d:
@@ -257,7 +267,8 @@ def main(argv=None):
                         ratios = times[:, 2:].min(axis=0) / floor[0]
                     mem = peak_extra_bytes(np_fb) / E.nbytes
                     row = [f"{n:>10}", f"{d:>10}", f"{k:>10}", f"{np.median(floor) * 1e3:>10.2f}"]
-                    row += [f"{r:>10.2f}" for r in ratios] + [f"{mem:>10.2f}"]
+                    bound = returned_bytes(args.batch, n, d, k, E.itemsize) / E.nbytes
+                    row += [f"{r:>10.2f}" for r in ratios] + [f"{mem:>10.2f}", f"{bound:>10.2f}"]
                     print(" ".join(row), flush=True)
     finally:
         if spinner is not None:

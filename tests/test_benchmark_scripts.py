@@ -23,6 +23,11 @@ def test_cpu_table_runs():
     lines = run(str(SCRIPTS / "cpu_table.py"), *args).strip().splitlines()
     assert "np fwd" in lines[1] and "topk" in lines[1] and len(lines) == 6
     assert [line.split()[2] for line in lines[2:]] == ["2", "16", "63", "64"]
+    assert lines[1].split()[-2:] == ["mem", "bound"]
+    # values, scores, dE and dv: k/n (1 + 1/d) + 1 + 1/d of E (n = 64, d = 8)
+    bounds = [float(line.split()[-1]) for line in lines[2:]]
+    assert bounds == [round(k / 64 * 9 / 8 + 9 / 8, 2) for k in (2, 16, 63, 64)]
+    assert all(float(line.split()[-2]) >= bound for line, bound in zip(lines[2:], bounds, strict=True))
 
 
 def test_cpu_table_runs_beside_a_busy_process():
