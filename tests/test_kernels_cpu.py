@@ -432,7 +432,9 @@ def test_tournament_gather_declines(monkeypatch, rng):
     np.testing.assert_array_equal(fused.scores, two_calls.scores)
 
 
-@pytest.mark.parametrize("row", ["mixed", "constant", "two values", "normal", "padded", "all -inf"])
+@pytest.mark.parametrize(
+    "row", ["mixed", "constant", "two values", "normal", "padded", "all -inf", "probabilities", "1 pass", "2 passes"]
+)
 @pytest.mark.parametrize(("dtype", "passes"), [("float32", 3), ("float32", 6), ("float64", 6)])
 @pytest.mark.parametrize("M", [256, 257, 1000, 4096])
 def test_radix_order_is_the_stable_descending_sort(rng, M, dtype, passes, row):
@@ -441,7 +443,10 @@ def test_radix_order_is_the_stable_descending_sort(rng, M, dtype, passes, row):
     float32 keys packed with their position (3 passes) or beside it (6, rows >= 2**32).
     A constant row moves in no pass; two values differ in one digit only (the passes
     whose digit is the same for the whole row are skipped, the last moving one writes
-    the order); trailing -inf (padding, some -inf before it too) stay in place unsorted."""
+    the order); trailing -inf (padding, some -inf before it too) stay in place unsorted.
+    float32 digits span the bits in which the keys differ: scores in (0, 1) share sign and
+    high exponent bits; 1 + j eps for j < 2**10 (2**20) differ in at most 10 (20) bits, one
+    pass (two of 10 bits)."""
     cpu.available()
     kernels = cpu._kernels
     fin = np.finfo(dtype)
@@ -454,6 +459,11 @@ def test_radix_order_is_the_stable_descending_sort(rng, M, dtype, passes, row):
         x = rng.choice([1.0, 1.0 + 4 * np.finfo(dtype).eps], M)  # the lowest digit differs
     elif row == "normal":
         x = rng.normal(size=M)
+    elif row == "probabilities":
+        x = rng.uniform(0.0, 1.0, M)
+    elif row in ("1 pass", "2 passes"):
+        j = rng.integers(0, 2 ** (10 if row == "1 pass" else 20), M)
+        x = (1 + j * np.finfo(np.float32).eps).astype(np.float32)  # (exact in float64 too)
     elif row == "padded":
         head = np.where(rng.random(M // 2) < 0.1, -np.inf, rng.normal(size=M // 2))
         x = np.concatenate([head, np.full(M - M // 2, -np.inf)])
