@@ -763,20 +763,11 @@ def _radix_order_packed(x, order, keys, ktmp, hist):  # pragma: no cover -- comp
     mask = np.uint64((1 << width) - 1)
     w = np.uint64(width)
     hist[:, : 1 << width] = 0
-    if passes == 3:  # (a loop per pass count: the counting unrolls)
-        for i in range(M):
-            key = keys[i] >> base
-            hist[0, key & mask] += 1
-            hist[1, (key >> w) & mask] += 1
-            hist[2, (key >> (w + w)) & mask] += 1
-    elif passes == 2:
-        for i in range(M):
-            key = keys[i] >> base
-            hist[0, key & mask] += 1
-            hist[1, (key >> w) & mask] += 1
-    elif passes == 1:
-        for i in range(M):
-            hist[0, (keys[i] >> base) & mask] += 1
+    for i in range(M):  # three digits counted whatever the passes (a row beyond them is unread)
+        key = keys[i] >> base
+        hist[0, key & mask] += 1
+        hist[1, (key >> w) & mask] += 1
+        hist[2, (key >> (w + w)) & mask] += 1
     first = keys[0]
     last = -1  # the last pass with more than one digit value (the others move nothing)
     for p in range(passes):
